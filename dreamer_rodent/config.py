@@ -1,0 +1,336 @@
+"""Configuration: `configs.yaml` presets stacked over `defaults`, then dotted flags.
+
+Every entry point resolves its config here, so a key means the same thing in
+training, evaluation and benchmarks. Errors name the offending key and the
+closest known one, because a typo that silently does nothing costs a night of GPU
+time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import pathlib
+from typing import Any, Iterable, Mapping
+
+from ruamel.yaml import YAML
+
+# The presets live at the repository root (the project is installed editable, as
+# the README and Dockerfile do); DREAMER_RODENT_CONFIGS points elsewhere.
+CONFIGS_PATH = pathlib.Path(
+    os.environ.get("DREAMER_RODENT_CONFIGS", pathlib.Path(__file__).resolve().parent.parent / "configs.yaml")
+)
+
+
+class ConfigError(ValueError):
+    """A config key, preset or value that cannot be used, with the fix in the message."""
+
+
+class Config:
+    """An immutable nested mapping with attribute access (`config.run.steps`).
+
+    Not a `collections.abc.Mapping`: its `keys` method would shadow the config
+    key `env.keys`. Use `to_dict()`, `items()` or iteration instead.
+    """
+
+    def __init__(self, data: "Mapping[str, Any] | Config | None" = None, **kwargs):
+        merged = data.to_dict() if isinstance(data, Config) else dict(data or {})
+        merged.update(kwargs)
+        self._data = {k: Config(v) if isinstance(v, Mapping) else _freeze(v) for k, v in merged.items()}
+
+    def __getitem__(self, key):
+        if "." in key:
+            node = self
+            for part in key.split("."):
+                node = node[part]
+            return node
+        return self._data[key]
+
+    def __getattr__(self, key):
+        if key.startswith("_"):
+            raise AttributeError(key)
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(f"config has no key '{key}'") from None
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+    def items(self):
+        return self._data.items()
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __contains__(self, key):
+        try:
+            self[key]
+            return True
+        except (KeyError, TypeError):
+            return False
+
+    def __repr__(self):
+        return f"Config({self.to_dict()!r})"
+
+    def __eq__(self, other):
+        if isinstance(other, Config):
+            return self.to_dict() == other.to_dict()
+        if isinstance(other, Mapping):
+            return self.to_dict() == _plain(other)
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(yaml_dump(self.to_dict()))
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() if isinstance(v, Config) else _thaw(v) for k, v in self._data.items()}
+
+    def flat(self) -> dict:
+        """Dotted keys to leaf values (`{'run.steps': 1000, ...}`)."""
+        return dict(_flatten(self.to_dict()))
+
+    def update(self, updates: Mapping[str, Any]) -> "Config":
+        """Returns a new config with dotted or nested keys replaced; unknown keys fail."""
+        data = self.to_dict()
+        for key, value in _flatten(updates, allow_leaf_dicts=False):
+            _set_checked(data, key, value, source="update")
+        return Config(data)
+
+    def save(self, path) -> None:
+        path = pathlib.Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml_dump(self.to_dict()))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path) -> "Config":
+        return cls(yaml_load(pathlib.Path(path).read_text()))
+
+
+def _freeze(value):
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value):
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def yaml_load(text: str):
+    yaml = YAML(typ="safe", pure=True)
+    return _plain(yaml.load(text))
+
+
+def yaml_dump(data) -> str:
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    stream = io.StringIO()
+    yaml.dump(_plain(data), stream)
+    return stream.getvalue()
+
+
+def _plain(value):
+    """Converts ruamel containers and tuples to plain dicts and lists."""
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flatten(tree, prefix: str = "", allow_leaf_dicts: bool = False):
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, (Mapping, Config)) and len(value):
+            yield from _flatten(value, full + ".", allow_leaf_dicts)
+        else:
+            yield full, value
+
+
+def _closest(key: str, known: Iterable[str]) -> str:
+    known = list(known)
+    match = difflib.get_close_matches(key, known, n=1, cutoff=0.0)
+    if not match:
+        return ""
+    # Prefer a key that shares the last component (`--steps` -> `run.steps`).
+    tail = key.split(".")[-1]
+    same_tail = [k for k in known if k.split(".")[-1] == tail]
+    if same_tail:
+        match = difflib.get_close_matches(key, same_tail, n=1, cutoff=0.0) or same_tail[:1]
+    return f" Did you mean '{match[0]}'?"
+
+
+def _type_name(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _coerce(key: str, old, new):
+    """Converts `new` to the type of the default `old`; strings come from the command line."""
+    if old is None or new is None:
+        return new
+    expected = _type_name(old)
+    if isinstance(old, bool):
+        if isinstance(new, bool):
+            return new
+        if isinstance(new, str) and new.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return new.lower() in ("true", "1", "yes")
+    elif isinstance(old, int):
+        if isinstance(new, int) and not isinstance(new, bool):
+            return new
+        if isinstance(new, float) and new.is_integer():
+            return int(new)
+        if isinstance(new, str):
+            try:
+                number = float(new.replace("_", ""))
+                if number.is_integer():
+                    return int(number)
+            except ValueError:
+                pass
+    elif isinstance(old, float):
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)
+        if isinstance(new, str):
+            try:
+                return float(new)
+            except ValueError:
+                pass
+    elif isinstance(old, str):
+        if isinstance(new, str):
+            return new
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return str(new)
+    elif isinstance(old, (list, tuple)):
+        if isinstance(new, (list, tuple)):
+            items = list(new)
+        elif isinstance(new, str):
+            text = new.strip()
+            if text.startswith("["):
+                items = yaml_load(text) or []
+            else:
+                items = [x for x in text.split(",") if x] if text else []
+        else:
+            items = None
+        if items is not None:
+            if old:
+                items = [_coerce(key, old[0], x) for x in items]
+            return list(items)
+    raise ConfigError(
+        f"config key '{key}' expects a value of type {expected} (default {old!r}), got {new!r}."
+    )
+
+
+def _set_checked(data: dict, key: str, value, source: str) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            known = [k for k, _ in _flatten(data)]
+            raise ConfigError(f"unknown config key '{key}' (from {source}).{_closest(key, known)}")
+        if i == len(parts) - 1:
+            old = node[part]
+            if isinstance(old, dict) and old:
+                if not isinstance(value, (Mapping, Config)):
+                    raise ConfigError(f"config key '{key}' is a group; set one of its keys: {', '.join(sorted(old))}.")
+                for sub, subvalue in _flatten(value):
+                    _set_checked(data, f"{key}.{sub}", subvalue, source)
+            else:
+                node[part] = _coerce(key, old, value)
+        else:
+            node = node[part]
+
+
+def load_presets(path=CONFIGS_PATH) -> dict:
+    presets = yaml_load(pathlib.Path(path).read_text())
+    if "defaults" not in presets:
+        raise ConfigError(f"{path} has no 'defaults' block.")
+    return presets
+
+
+def build_config(presets_names: Iterable[str] = (), flags: Mapping[str, Any] | None = None, path=CONFIGS_PATH) -> Config:
+    """`defaults`, then each named preset in order, then flag values (dotted keys)."""
+    presets = load_presets(path)
+    data = presets["defaults"]
+    for name in presets_names:
+        if name not in presets or name == "defaults":
+            known = sorted(k for k in presets if k != "defaults")
+            raise ConfigError(
+                f"unknown config preset '{name}'.{_closest(name, known)} Known presets: {', '.join(known)}."
+            )
+        for key, value in _flatten(presets[name]):
+            _set_checked(data, key, value, source=f"preset '{name}'")
+    for key, value in (flags or {}).items():
+        _set_checked(data, key, value, source=f"flag --{key}")
+    return Config(data)
+
+
+def parse_args(argv: Iterable[str], extra_flags: Mapping[str, Any] | None = None) -> tuple[Config, dict]:
+    """Parses `--configs a b --key.sub value ...` into a config.
+
+    `extra_flags` names flags that are not config keys (with their defaults), such
+    as eval's `--checkpoint`; they are returned separately.
+    """
+    argv = list(argv)
+    extra = dict(extra_flags or {})
+    names: list[str] = []
+    flags: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}': flags look like --key value.")
+        key, eq, inline = arg[2:].partition("=")
+        key = key.replace("-", "_") if key in ("from-checkpoint",) else key
+        values = [inline] if eq else []
+        j = i + 1
+        while not eq and j < len(argv) and not (argv[j].startswith("--") and len(argv[j]) > 2 and not _is_number(argv[j])):
+            values.append(argv[j])
+            j += 1
+        i = j
+        if key == "configs":
+            names.extend(v for value in values for v in value.split(",") if v)
+            continue
+        if key in extra:
+            if isinstance(extra[key], bool) and not values:
+                extra[key] = True
+            elif len(values) == 1:
+                extra[key] = values[0]
+            else:
+                extra[key] = values
+            continue
+        if not values:
+            flags[key] = "true"  # a bare --flag sets a boolean key; other types fail in _coerce
+        elif len(values) == 1:
+            flags[key] = values[0]
+        else:
+            flags[key] = values
+    return build_config(names, flags), extra
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

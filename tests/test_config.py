@@ -1,0 +1,61 @@
+"""The config system: presets stack in order, flags override, bad input names the fix."""
+
+import pytest
+
+from dreamer_rodent.config import Config, ConfigError, build_config, parse_args
+
+
+def test_presets_stack_in_order_then_flags_win():
+    config = build_config(["size12m", "size1m"], {"agent.units": "96"})
+    assert config.agent.rssm.deter == 512  # size1m came last
+    assert config.agent.units == 96  # the flag beats every preset
+    assert isinstance(config.agent.units, int)
+
+
+def test_command_line_parsing_types_and_lists():
+    config, extra = parse_args(
+        ["--configs", "debug", "--env.keys", "image,proprio", "--run.steps", "1e5", "--task", "rodent_goto",
+         "--checkpoint", "some/dir", "--jax.debug_nans"],
+        extra_flags={"checkpoint": ""},
+    )
+    assert config.env.keys == ("image", "proprio")
+    assert config.run.steps == 1e5 and isinstance(config.run.steps, float)
+    assert config.task == "rodent_goto"
+    assert config.jax.debug_nans is True
+    assert extra == {"checkpoint": "some/dir"}
+    assert config.batch_size == 4  # from the debug preset
+
+
+def test_negative_numbers_are_values_not_flags():
+    config, _ = parse_args(["--env.egl_device", "-1", "--seed", "-3"])
+    assert config.seed == -3
+
+
+def test_unknown_key_names_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'run.stepz'.*'run.steps'"):
+        build_config([], {"run.stepz": 5})
+    with pytest.raises(ConfigError, match=r"'run.train_ratio'"):
+        parse_args(["--run.train_ration", "3"])
+
+
+def test_unknown_preset_names_closest_and_lists_known():
+    with pytest.raises(ConfigError, match=r"unknown config preset 'size12'.*'size12m'.*Known presets"):
+        build_config(["size12"])
+
+
+def test_wrong_type_names_key_and_expected_type():
+    with pytest.raises(ConfigError, match=r"'run.envs' expects a value of type int"):
+        build_config([], {"run.envs": "four"})
+    with pytest.raises(ConfigError, match=r"'jax.debug_nans' expects a value of type bool"):
+        build_config([], {"jax.debug_nans": "maybe"})
+
+
+def test_save_load_roundtrip_and_update(tmp_path):
+    config = build_config(["debug"])
+    config.save(tmp_path / "config.yaml")
+    loaded = Config.load(tmp_path / "config.yaml")
+    assert loaded == config
+    changed = loaded.update({"run.envs": 7})
+    assert changed.run.envs == 7 and loaded.run.envs == config.run.envs
+    with pytest.raises(ConfigError, match="unknown config key"):
+        loaded.update({"run.nope": 1})
