@@ -1,0 +1,331 @@
+"""Checkpoints: a directory of plain arrays and plain data, written atomically.
+
+Layout under a run directory:
+
+    checkpoints/
+      latest                      name of the newest complete checkpoint (atomic rewrite)
+      ckpt_000012345/             one directory per checkpoint, named by env step
+        agent.npz                 agent.save() arrays
+        state.json                counters, RNG states, curriculum states, spaces
+        config.yaml               the resolved config of the run
+        replay.json               which replay chunks belong to this checkpoint
+        replay_open_s0000.npz     the not-yet-full replay chunk of each env stream
+        MANIFEST.json             bytes and sha256 of every file above; written last
+      replay/
+        chunk_s0000_000000001024.npz   full replay chunks, shared by checkpoints
+
+A checkpoint is written into `ckpt_X.tmp<pid>/` and renamed when complete, so a
+crash mid-write leaves the previous checkpoint as the newest complete one. Nothing
+is pickled: arrays are `.npz` (read with `allow_pickle=False`), the rest JSON/YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+
+from dreamer_rodent.config import Config, ConfigError
+from dreamer_rodent.replay import Replay, file_digest
+
+CHECKPOINTS = "checkpoints"
+REPLAY_CHUNKS = "replay"
+MANIFEST = "MANIFEST.json"
+LATEST = "latest"
+_NAME = re.compile(r"^ckpt_(\d+)$")
+
+# Config keys that decide array shapes: a checkpoint only fits a config that agrees on them.
+SHAPE_KEYS = ("agent.", "env.image_size", "env.keys", "task")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or corrupt, with what to do about it."""
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    path: pathlib.Path
+    step: int
+    arrays: dict[str, np.ndarray]
+    state: dict
+    config: Config
+    replay: dict  # the manifest Replay.load takes
+
+    def load_replay(self, replay: Replay) -> None:
+        replay.load(self.replay, self.path.parent / REPLAY_CHUNKS, self.path)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt_{int(step):09d}"
+
+
+def _plain(value):
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Checkpointer:
+    """Writes, lists, prunes and loads the checkpoints of one run directory."""
+
+    def __init__(self, rundir, keep: int = 3):
+        if int(keep) < 1:
+            raise ConfigError(f"run.keep_checkpoints must be >= 1, got {keep}.")
+        self.directory = pathlib.Path(rundir) / CHECKPOINTS
+        self.keep = int(keep)
+
+    # ---- writing ----------------------------------------------------------
+
+    def save(self, step: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any], config: Config,
+             replay: Replay | None = None) -> pathlib.Path:
+        """Writes checkpoint `ckpt_<step>` completely, then points `latest` at it."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = checkpoint_name(step)
+        final = self.directory / name
+        tmp = self.directory / f"{name}.tmp{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        for key, value in arrays.items():
+            if value.dtype == object:
+                raise CheckpointError(f"agent array '{key}' has dtype object; checkpoints hold plain arrays only.")
+        with open(tmp / "agent.npz", "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        _write_text(tmp / "state.json", json.dumps(_plain(state), indent=1, sort_keys=True))
+        _write_text(tmp / "config.yaml", _config_text(config))
+        manifest = replay.save(self.directory / REPLAY_CHUNKS, tmp) if replay is not None else {"chunks": []}
+        _write_text(tmp / "replay.json", json.dumps(_plain(manifest), indent=1))
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(tmp.iterdir())}
+        _write_text(tmp / MANIFEST, json.dumps({"step": int(step), "files": files}, indent=1, sort_keys=True))
+        _fsync_dir(tmp)
+        if final.exists():
+            # Same step saved again (e.g. a signal right after resuming): swap it out.
+            old = self.directory / f"{name}.old.tmp{os.getpid()}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(self.directory)
+        _write_text(self.directory / LATEST, name + "\n")
+        self.prune()
+        return final
+
+    def prune(self) -> None:
+        """Keeps the newest `keep` checkpoints and the replay chunks they use."""
+        complete = self.list()
+        for path in complete[:-self.keep]:
+            shutil.rmtree(path, ignore_errors=True)
+        # Leftovers of writes a crash interrupted (one trainer per run directory holds the run lock).
+        for path in self.directory.glob("*.tmp*"):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        chunk_dir = self.directory / REPLAY_CHUNKS
+        if not chunk_dir.exists():
+            return
+        used: set[str] = set()
+        for path in self.list():
+            try:
+                used |= Replay.files(json.loads((path / "replay.json").read_text()))
+            except (OSError, ValueError):
+                return  # cannot tell what an unreadable checkpoint needs: delete nothing
+        for path in chunk_dir.iterdir():
+            if path.name not in used:
+                path.unlink(missing_ok=True)
+
+    # ---- reading ----------------------------------------------------------
+
+    def list(self) -> list[pathlib.Path]:
+        """Checkpoint directories that finished writing (have a manifest), oldest first."""
+        if not self.directory.exists():
+            return []
+        found = []
+        for path in self.directory.iterdir():
+            match = _NAME.match(path.name)
+            if match and path.is_dir() and (path / MANIFEST).exists():
+                found.append((int(match.group(1)), path))
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> pathlib.Path | None:
+        return _latest_in(self.directory) if self.directory.is_dir() else None
+
+    def load_latest(self, arrays: bool = True) -> Checkpoint | None:
+        """The newest checkpoint that verifies; older ones are tried with a warning.
+
+        A corrupt checkpoint is renamed to `<name>.corrupt` (kept for inspection,
+        out of rotation) so that later saves and pruning never pick it again.
+        """
+        candidates = self.list()
+        latest = self.latest()
+        if latest is not None and latest not in candidates:
+            candidates.append(latest)
+        errors = []
+        for path in reversed(candidates):
+            try:
+                checkpoint = load(path, arrays=arrays)
+            except CheckpointError as error:
+                errors.append(str(error))
+                corrupt = path.with_name(path.name + ".corrupt")
+                try:
+                    os.rename(path, corrupt)
+                    where = f" It was moved to {corrupt}."
+                except OSError:
+                    where = ""
+                warnings.warn(f"{error}{where} Falling back to the previous checkpoint.", stacklevel=2)
+                continue
+            return checkpoint
+        if errors:
+            raise CheckpointError(
+                f"no complete checkpoint in {self.directory}: " + " | ".join(errors)
+                + " Start a new run with another --logdir, or move the damaged directory away."
+            )
+        return None
+
+
+def _config_text(config) -> str:
+    from dreamer_rodent.config import yaml_dump
+
+    return yaml_dump(config.to_dict() if isinstance(config, Config) else dict(config))
+
+
+def verify(path) -> dict:
+    """Checks every file against the manifest; returns the manifest or raises CheckpointError."""
+    path = pathlib.Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise CheckpointError(f"checkpoint {path} is incomplete: it has no {MANIFEST} (the write was interrupted).")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint {path} has an unreadable {MANIFEST}: {error}.") from None
+    for name, meta in files.items():
+        file = path / name
+        if not file.exists():
+            raise CheckpointError(f"checkpoint {path} is missing {name}.")
+        size = file.stat().st_size
+        if size != meta["bytes"]:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} has {size} bytes, the manifest says {meta['bytes']}.")
+        if file_digest(file) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match its sha256 in the manifest.")
+    return manifest
+
+
+def load(path, arrays: bool = True) -> Checkpoint:
+    """Verifies and reads one checkpoint directory (no pickle anywhere)."""
+    path = find(path)
+    manifest = verify(path)
+    data = {}
+    if arrays:
+        with np.load(path / "agent.npz", allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    state = json.loads((path / "state.json").read_text())
+    config = Config.load(path / "config.yaml")
+    replay = json.loads((path / "replay.json").read_text())
+    return Checkpoint(path, int(manifest.get("step", 0)), data, state, config, replay)
+
+
+def find(path) -> pathlib.Path:
+    """A checkpoint directory from a run directory, its `checkpoints/` or the checkpoint itself."""
+    path = pathlib.Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist.")
+    if _NAME.match(path.name) or (path / MANIFEST).exists():
+        return path
+    for base in (path / CHECKPOINTS, path):
+        latest = _latest_in(base) if base.is_dir() else None
+        if latest is not None:
+            return latest
+    raise CheckpointError(
+        f"no checkpoint found at {path}: pass a run directory, its checkpoints/ folder, or a ckpt_* directory."
+    )
+
+
+def _latest_in(directory: pathlib.Path) -> pathlib.Path | None:
+    """The `latest` pointer's target if it exists, else the newest complete checkpoint."""
+    pointer = directory / LATEST
+    if pointer.exists():
+        target = directory / pointer.read_text().strip()
+        if target.is_dir() and _NAME.match(target.name):
+            return target
+    found = sorted(
+        (int(m.group(1)), p) for p in directory.iterdir()
+        if (m := _NAME.match(p.name)) and p.is_dir() and (p / MANIFEST).exists()
+    )
+    return found[-1][1] if found else None
+
+
+def shape_differences(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """Keys in SHAPE_KEYS whose values differ between two configs."""
+    a, b = old.flat(), new.flat()
+    keys = sorted(k for k in set(a) | set(b) if any(k == p or (p.endswith(".") and k.startswith(p)) for p in SHAPE_KEYS))
+    return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
+
+
+def check_compatible(old: Config, new: Config, where) -> None:
+    """Raises ConfigError naming every shape key that differs from the checkpoint's config."""
+    diffs = shape_differences(old, new)
+    if diffs:
+        listing = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diffs)
+        raise ConfigError(
+            f"the config does not match the checkpoint in {where}: {listing}. These keys change model or "
+            "observation shapes, so the checkpoint cannot be resumed with them. Drop those flags to resume, "
+            "or start a new run with another --logdir."
+        )
+
+
+def check_arrays(saved: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray], where) -> None:
+    """Raises ConfigError if arrays are missing or differ in shape (for warm starts)."""
+    missing = sorted(set(current) - set(saved))
+    extra = sorted(set(saved) - set(current))
+    shapes = sorted(k for k in set(saved) & set(current) if np.shape(saved[k]) != np.shape(current[k]))
+    if missing or extra or shapes:
+        parts = []
+        if shapes:
+            parts.append("different shapes: " + ", ".join(
+                f"{k} {tuple(np.shape(saved[k]))} vs {tuple(np.shape(current[k]))}" for k in shapes[:10]))
+        if missing:
+            parts.append(f"missing in the checkpoint: {', '.join(missing[:10])}")
+        if extra:
+            parts.append(f"not in this agent: {', '.join(extra[:10])}")
+        raise ConfigError(
+            f"the agent weights in {where} do not fit this config ({'; '.join(parts)}). Use the same agent.*, "
+            "env.image_size, env.keys and task settings as that run."
+        )
