@@ -118,15 +118,16 @@ def make_walker(name: str, config, **kwargs):
     The camera is `config.env.camera` (a walker camera name) rendered at
     `config.env.image_size` with cheap flags and the walker's own body hidden.
     """
-    from tasks.walkers import ball, mouse, rat
+    import importlib
 
-    builders = {"rat": rat.Rat, "mouse": mouse.Mouse, "ball": ball.Ball}
-    if name not in builders:
+    if name not in WALKERS:
         raise TaskConfigError(f"unknown walker '{name}'; known walkers: {', '.join(WALKERS)}.")
+    module = importlib.import_module(f"tasks.walkers.{name}")
+    cls = getattr(module, name.capitalize())
     size = int(config.env.image_size)
     if size < 1:
         raise TaskConfigError(f"env.image_size must be a positive number of pixels, got {size}.")
-    return builders[name](camera=config.env.camera, image_size=size, **kwargs)
+    return cls(camera=config.env.camera, image_size=size, **kwargs)
 
 
 def ego_scene_option() -> mj_wrapper.MjvOption:

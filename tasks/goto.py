@@ -1,0 +1,202 @@
+"""Go to target: bring the head to a target on a flat floor (rat, mouse, ball).
+
+Reward per control step (weights in `task_kwargs`):
+
+    reward = (1 - tanh(d / distance_scale))          # shaped by head-target distance
+             - posture_weight * (1 - up) / 2          # up: torso z-axis . world z
+             + success_bonus * [d < success_radius]   # the head reached the target
+
+where d is the horizontal distance from the head to the target (the target marker
+floats at the walker's head height, so rat, mouse and ball can all reach it).
+
+Success respawns the target; the episode goes on (no terminal state) and ends
+only at the time limit. Respawning rather than ending keeps each episode full of
+useful data and avoids resets, which cost the most in a rodent env. Body contacts
+never end an episode (dm_control's stock GoToTarget does, which with random
+actions resets the rat every few steps).
+
+Curriculum: the target is drawn at a distance from the head uniform in
+[1.5 * success_radius, max distance of the level] in a random direction; levels
+are `curriculum_levels` (metres). An episode is a success when the head reached at
+least one target; when the success rate over the last `curriculum_window`
+episodes at the current level reaches `curriculum_threshold`, the level goes up.
+`level >= 0` pins it; `curriculum: false` uses the farthest level.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from dm_control import composer
+from dm_control.composer.observation import observable
+from dm_control.locomotion.arenas import floors
+
+from tasks import base
+from tasks.registry import register
+
+_TARGET_RGBA = (0.95, 0.55, 0.1, 1.0)
+
+
+class GoToTarget(composer.Task):
+    """Head-to-target with shaped reward, posture penalty and a curriculum."""
+
+    def __init__(self, walker, arena, curriculum: base.Curriculum, success_radius: float, success_bonus: float,
+                 posture_weight: float, distance_scale: float):
+        if success_radius <= 0:
+            raise base.TaskConfigError(f"task_kwargs.success_radius must be > 0 metres, got {success_radius}.")
+        if distance_scale <= 0:
+            raise base.TaskConfigError(f"task_kwargs.distance_scale must be > 0 metres, got {distance_scale}.")
+        self._walker = walker
+        self._arena = arena
+        self._walker.create_root_joints(self._arena.attach(self._walker))
+        self.curriculum = curriculum
+        self.success_radius = float(success_radius)
+        self.success_bonus = float(success_bonus)
+        self.posture_weight = float(posture_weight)
+        self.distance_scale = float(distance_scale)
+
+        self._target = arena.mjcf_model.worldbody.add(
+            "site", name="target", type="sphere", size=(max(self.success_radius, 0.01),), rgba=_TARGET_RGBA,
+            pos=(0.0, 0.0, 0.05), group=0,
+        )
+        self._target_observable = observable.Generic(self._egocentric_target)
+        self._task_observables = {"target": self._target_observable}
+
+        self._distance = 0.0
+        self._success_now = False
+        self._reached = 0
+        self._steps = 0
+        self._up = 1.0
+        self._target_height = 0.05
+        self.set_timesteps(physics_timestep=walker.physics_timestep, control_timestep=walker.control_timestep)
+
+    # ---- composer.Task interface ----
+    @property
+    def root_entity(self):
+        return self._arena
+
+    @property
+    def task_observables(self):
+        return self._task_observables
+
+    @property
+    def target_observable(self):
+        return self._target_observable
+
+    def initialize_episode(self, physics, random_state):
+        if self._steps > 0:  # the episode that just ended (time limit or reset)
+            self.curriculum.record(self._reached > 0)
+        self._steps = 0
+        self._reached = 0
+        self._success_now = False
+        base.spawn_walker(physics, self._walker, random_state, (0.0, 0.0))
+        physics.forward()  # head position of the new pose, before placing the target
+        self._target_height = max(float(physics.bind(self._walker.head).xpos[2]), self.success_radius)
+        self._place_target(physics, random_state)
+        self._update(physics)
+
+    def before_step(self, physics, action, random_state):
+        self._walker.apply_action(physics, action, random_state)
+
+    def after_step(self, physics, random_state):
+        self._steps += 1
+        self._update(physics)
+        self._success_now = self._distance < self.success_radius
+        if self._success_now:
+            self._reached += 1
+            self._place_target(physics, random_state)
+
+    def get_reward(self, physics):
+        shaped = 1.0 - np.tanh(self._distance / self.distance_scale)
+        posture = self.posture_weight * (1.0 - self._up) / 2.0
+        return float(shaped - posture + self.success_bonus * self._success_now)
+
+    def should_terminate_episode(self, physics):
+        return False
+
+    def get_discount(self, physics):
+        return 1.0
+
+    # ---- helpers ----
+    def _update(self, physics):
+        head = physics.bind(self._walker.head).xpos
+        target = physics.bind(self._target).pos
+        self._distance = float(np.hypot(head[0] - target[0], head[1] - target[1]))
+        self._up = base.torso_up(physics, self._walker)
+
+    def _place_target(self, physics, random_state):
+        head = physics.bind(self._walker.head).xpos
+        high = self.curriculum.value
+        low = min(1.5 * self.success_radius, high)
+        distance = random_state.uniform(low, high)
+        angle = random_state.uniform(-np.pi, np.pi)
+        self.set_target(
+            physics, (head[0] + distance * np.cos(angle), head[1] + distance * np.sin(angle)), self._target_height
+        )
+
+    def set_target(self, physics, xy, height: float | None = None) -> None:
+        """Moves the target (tests and scripted evaluation use this)."""
+        z = physics.bind(self._target).pos[2] if height is None else height
+        physics.bind(self._target).pos = (float(xy[0]), float(xy[1]), float(z))
+        self._update(physics)
+
+    def _egocentric_target(self, physics):
+        """Head-to-target vector in the torso frame (metres)."""
+        head = physics.bind(self._walker.head).xpos
+        target = physics.bind(self._target).pos
+        return np.asarray(self._walker.transform_vec_to_egocentric_frame(physics, target - head), np.float64)
+
+    def log_metrics(self, physics) -> dict[str, float]:
+        return {
+            "distance": self._distance,
+            "success": float(self._success_now),
+            "targets_reached": float(self._reached),
+            "upright": self._up,
+            "curriculum_level": float(self.curriculum.level),
+            "curriculum_distance": self.curriculum.value,
+            "curriculum_success_rate": self.curriculum.success_rate,
+        }
+
+
+def _arena(config) -> floors.Floor:
+    reach = max(float(x) for x in config.task_kwargs.curriculum_levels)
+    half = max(2.0, reach + 1.0)
+    return floors.Floor(size=(half, half), reflectance=0.0)
+
+
+def make_goto(walker_name: str, config, seed: int) -> base.TaskBuild:
+    kw = config.task_kwargs
+    walker = base.make_walker(walker_name, config)
+    task = GoToTarget(
+        walker,
+        _arena(config),
+        curriculum=base.Curriculum.from_config(config),
+        success_radius=kw.success_radius,
+        success_bonus=kw.success_bonus,
+        posture_weight=kw.posture_weight,
+        distance_scale=kw.distance_scale,
+    )
+    return base.build(
+        task,
+        walker,
+        config,
+        seed,
+        task_obs={"target": task.target_observable},
+        log_metrics=task.log_metrics,
+        state_dict=task.curriculum.state_dict,
+        load_state_dict=task.curriculum.load_state_dict,
+    )
+
+
+@register("rodent_goto", "Rat brings its head to a target on a flat floor; near-to-far curriculum.", walker="rat")
+def rodent_goto(config, seed: int) -> base.TaskBuild:
+    return make_goto("rat", config, seed)
+
+
+@register("mouse_goto", "Mouse (rat scaled to 26 g) brings its head to a target on a flat floor.", walker="mouse")
+def mouse_goto(config, seed: int) -> base.TaskBuild:
+    return make_goto("mouse", config, seed)
+
+
+@register("ball_goto", "Rolling ball with a head reaches a target on a flat floor (cheap, for tests).", walker="ball")
+def ball_goto(config, seed: int) -> base.TaskBuild:
+    return make_goto("ball", config, seed)
