@@ -70,6 +70,7 @@ CHEAP_RENDER_FLAGS = {"shadow": False, "reflection": False, "skybox": False, "ha
 # The camera near plane as a fraction of the model extent. Rodent heads are a few
 # centimetres across: MuJoCo's default (0.01 of an arena-sized extent) clips.
 ZNEAR = 0.0005
+OFFSCREEN_SIZE = 1024
 
 WALKERS = ("rat", "mouse", "ball")
 
@@ -164,6 +165,10 @@ def cheapen_visuals(mjcf_root) -> None:
     """Model-wide settings for fast CPU rendering and close-up cameras."""
     mjcf_root.visual.quality.offsamples = 0  # no multisampling
     mjcf_root.visual.map.znear = ZNEAR
+    # Offscreen buffer large enough for third-person eval videos (default 640x480).
+    offscreen = getattr(mjcf_root.visual, "global")  # `global` is a Python keyword
+    offscreen.offwidth = max(OFFSCREEN_SIZE, offscreen.offwidth or 0)
+    offscreen.offheight = max(OFFSCREEN_SIZE, offscreen.offheight or 0)
 
 
 class Curriculum:
@@ -277,8 +282,11 @@ def build(
 
     Walker groups default to the walker's own (`observables.vestibular`,
     `.proprio`, `.ego_image`). Every other observable is switched off, so the
-    environment computes (and renders) only what the agent receives.
+    environment computes (and renders) only what the agent receives. A physics
+    divergence ends the episode as terminal (logged) instead of raising, so one
+    bad action does not kill a long run.
     """
+    env_kwargs.setdefault("raise_exception_on_physics_error", False)
     keys = check_keys(config.env.keys)
     vestibular = list(walker.observables.vestibular if vestibular is None else vestibular)
     proprio = list(walker.observables.proprio if proprio is None else proprio)

@@ -1,0 +1,241 @@
+"""The env adapter: a registered dm_control task as dicts of numpy arrays.
+
+`make_env(config, index)` builds `config.task` from the registry and returns an
+`Env` whose `step({'action': a, 'reset': bool})` returns one observation dict:
+`reward`, `is_first`, `is_last`, `is_terminal`, the sensory keys on in
+`config.env.keys` (`image`, `vestibular`, `proprio`, task keys such as `target`)
+and `log/...` metrics that never go to the agent. Terminal means the task ended
+the episode (discount 0); the time limit gives `is_last` without `is_terminal`.
+
+dm_control is imported on the first `make_env`, not with this module, so that a
+worker process can choose its EGL device first (see `select_egl_device`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+import dreamer_rodent  # noqa: F401  (sets MUJOCO_GL before dm_control is imported)
+from dreamer_rodent.spaces import Space
+
+LOG_PREFIX = "log/"
+THIRD_PERSON_CAMERAS = ("side_alt", "side", "back", "top")
+
+
+def select_egl_device(config, index: int) -> int | None:
+    """Sets MUJOCO_EGL_DEVICE_ID for this process before dm_control renders.
+
+    `env.egl_device >= 0` picks that device. With -1 a user-set
+    MUJOCO_EGL_DEVICE_ID wins; otherwise, on a machine with several NVIDIA GPUs,
+    env `index` goes to GPU `index % count`. Has no effect once dm_control's
+    renderer is imported (it opens the EGL display on import).
+    """
+    device = int(config.env.egl_device)
+    if os.environ.get("MUJOCO_GL", "egl") != "egl":
+        return None
+    if device < 0:
+        if "MUJOCO_EGL_DEVICE_ID" in os.environ:
+            return int(os.environ["MUJOCO_EGL_DEVICE_ID"])
+        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
+        if gpus <= 1:
+            return None
+        device = index % gpus
+    if "dm_control._render" not in sys.modules:
+        os.environ["MUJOCO_EGL_DEVICE_ID"] = str(device)
+    return device
+
+
+def make_env(config, index: int = 0) -> "Env":
+    """Builds `config.task` seeded with `seed * env.seed_stride + index`."""
+    select_egl_device(config, index)
+    from tasks import registry
+
+    entry = registry.get(config.task)  # unknown names raise, listing the known ones
+    seed = int(config.seed) * int(config.env.seed_stride) + int(index)
+    build = entry.factory(config, seed)
+    return Env(build, config, task=config.task, seed=seed)
+
+
+class Env:
+    """One environment; see the module docstring for the step protocol."""
+
+    def __init__(self, build, config, task: str = "", seed: int = 0):
+        from tasks import base
+
+        self._base = base
+        self._build = build
+        self._env = build.env
+        self.task = task
+        self.seed = seed
+        self._repeat = int(config.env.action_repeat)
+        if self._repeat < 1:
+            raise ValueError(f"env.action_repeat must be >= 1, got {self._repeat}.")
+        self._keys = tuple(build.keys)
+
+        spec = self._env.action_spec()
+        self._act_low = np.asarray(spec.minimum, np.float64) * np.ones(spec.shape)
+        self._act_high = np.asarray(spec.maximum, np.float64) * np.ones(spec.shape)
+        self._act_shape = tuple(spec.shape)
+
+        # The first reset happens here so that the spaces (log metrics included)
+        # come from a real observation; the first step() returns it.
+        self._pending = self._env.reset()
+        self._done = False
+        self._closed = False
+        first = self._convert(self._pending.observation, 0.0, True, False, False)
+        self._obs_space = self._make_obs_space(first)
+        self._act_space = {
+            "action": Space(self._act_shape, np.float32, -1.0, 1.0),
+            "reset": Space((), bool),
+        }
+
+    # ---- spaces ----
+    @property
+    def obs_space(self) -> dict[str, Space]:
+        return dict(self._obs_space)
+
+    @property
+    def act_space(self) -> dict[str, Space]:
+        return dict(self._act_space)
+
+    def _make_obs_space(self, first: dict) -> dict[str, Space]:
+        spaces = {
+            "reward": Space((), np.float32),
+            "is_first": Space((), bool),
+            "is_last": Space((), bool),
+            "is_terminal": Space((), bool),
+        }
+        for key, value in first.items():
+            if key in spaces:
+                continue
+            if key == "image":
+                spaces[key] = Space(value.shape, np.uint8, 0, 255)
+            elif key == "vestibular" and value.shape != (self._base.VESTIBULAR_SIZE,):
+                raise ValueError(
+                    f"task '{self.task}' gives a vestibular vector of shape {value.shape}, the contract says "
+                    f"({self._base.VESTIBULAR_SIZE},): gyro, accelerometer, velocimeter, world z-axis."
+                )
+            else:
+                spaces[key] = Space(value.shape, np.float32)
+        return spaces
+
+    # ---- stepping ----
+    def step(self, action: dict[str, Any]) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise RuntimeError("step() on a closed Env; make a new one with make_env().")
+        if bool(action.get("reset", False)) or self._done or self._pending is not None:
+            return self._reset()
+        if "action" not in action:
+            raise KeyError(f"step() needs an 'action' key (float32 {self._act_shape} in [-1, 1]), got {sorted(action)}.")
+        act = np.asarray(action["action"], np.float64)
+        if act.shape != self._act_shape:
+            raise ValueError(f"action has shape {act.shape}; task '{self.task}' expects {self._act_shape}.")
+        if not np.all(np.isfinite(act)):
+            raise ValueError(f"action contains NaN or inf: {act}; check the policy's outputs.")
+        act = np.clip(act, -1.0, 1.0)
+        act = self._act_low + (act + 1.0) * 0.5 * (self._act_high - self._act_low)
+        reward = 0.0
+        for _ in range(self._repeat):
+            timestep = self._env.step(act)
+            reward += timestep.reward or 0.0
+            if timestep.last():
+                break
+        last = timestep.last()
+        terminal = bool(last and timestep.discount == 0.0)
+        self._done = last
+        return self._convert(timestep.observation, reward, False, last, terminal)
+
+    def _reset(self) -> dict[str, np.ndarray]:
+        timestep = self._pending if self._pending is not None else self._env.reset()
+        self._pending = None
+        self._done = False
+        return self._convert(timestep.observation, 0.0, True, False, False)
+
+    def _convert(self, obs, reward, first, last, terminal) -> dict[str, np.ndarray]:
+        build = self._build
+        out = {
+            "reward": np.float32(reward),
+            "is_first": np.bool_(first),
+            "is_last": np.bool_(last),
+            "is_terminal": np.bool_(terminal),
+        }
+        if build.image is not None:
+            out["image"] = np.asarray(obs[build.image], np.uint8)
+        if build.vestibular:
+            out["vestibular"] = np.concatenate([np.ravel(obs[k]) for k in build.vestibular]).astype(np.float32)
+        if build.proprio:
+            out["proprio"] = np.concatenate([np.ravel(obs[k]) for k in build.proprio]).astype(np.float32)
+        for key, name in build.task_obs.items():
+            out[key] = np.asarray(obs[name], np.float32).ravel()
+        for key, value in build.log_metrics(self._env.physics).items():
+            out[LOG_PREFIX + key] = np.float32(value)
+        return out
+
+    # ---- curriculum ----
+    def curriculum_state(self) -> dict:
+        return self._build.state_dict()
+
+    def load_curriculum_state(self, state: dict) -> None:
+        self._build.load_state_dict(state)
+
+    # ---- cameras ----
+    @property
+    def physics(self):
+        return self._env.physics
+
+    @property
+    def walker(self):
+        return self._build.walker
+
+    def camera_names(self) -> list[str]:
+        model = self._env.physics.model
+        return [model.id2name(i, "camera") for i in range(model.ncam)]
+
+    def _camera_id(self, camera: str) -> str:
+        names = self.camera_names()
+        if camera in names:
+            return camera
+        matches = [n for n in names if n.split("/")[-1] == camera]
+        if len(matches) == 1:
+            return matches[0]
+        hint = f" ('{camera}' matches several: {matches})" if matches else ""
+        raise ValueError(f"unknown camera '{camera}'{hint}; available cameras: {', '.join(names)}.")
+
+    @property
+    def default_camera(self) -> str:
+        """A third-person camera that tracks the walker."""
+        names = self.camera_names()
+        walker_cams = self.walker.camera_names
+        for short in THIRD_PERSON_CAMERAS:
+            if short in walker_cams:
+                return self._camera_id(short)
+        return names[0]
+
+    def render(self, camera: str | None = None, width: int = 320, height: int = 240) -> np.ndarray:
+        """A third-person RGB view (uint8 [height, width, 3]) with cheap render flags."""
+        camera_id = self._camera_id(camera or self.default_camera)
+        return np.asarray(
+            self._env.physics.render(
+                height=int(height),
+                width=int(width),
+                camera_id=camera_id,
+                render_flag_overrides=dict(self._base.CHEAP_RENDER_FLAGS),
+            ),
+            np.uint8,
+        )
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._env.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
