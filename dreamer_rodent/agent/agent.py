@@ -1,0 +1,494 @@
+"""The DreamerV3 agent: world model, imagination actor-critic and their single jitted update.
+
+The agent object only holds pytrees (parameters, optimiser state, slow critic,
+return-normalisation state, RNG keys, step) and jitted pure functions over
+them; `train`, `policy` and `report` convert numpy in and out.
+
+Choices where the papers leave room (documented so they can be revisited):
+- Actor gradients: REINFORCE for continuous actions, as the 2025 DreamerV3
+  does for every action space. Imagination therefore runs without gradients
+  (a forward-only scan) and the actor's log-probabilities and the critic are
+  evaluated afterwards on all imagined states at once, which is much cheaper
+  than backpropagating through the rollout.
+- Imagined continuation uses the continue head's probability (not its mode).
+- One optimiser over all modules; each loss reaches only its own module
+  because imagination starts from stop-gradient states with frozen
+  world-model and actor parameters.
+- Every training batch starts from the zero latent state unless
+  `agent.train_carry` is set, in which case the last posterior state of each
+  row is carried into the next batch (for runtimes that replay consecutive
+  chunks).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dreamer_rodent.agent import dists
+from dreamer_rodent.agent.nets import Nets, check_resolution, feature
+from dreamer_rodent.agent.optim import make_optimizer
+
+f32 = jnp.float32
+sg = jax.lax.stop_gradient
+
+BOOKKEEPING_KEYS = ("reward", "is_first", "is_last", "is_terminal")
+GROUPS = (("vestibular", "vestibular_keys", "vestibular_units"), ("proprio", "proprio_keys", "proprio_units"),
+          ("task", "task_keys", "task_units"))
+MODULE_PREFIXES = (
+    ("encoder", ("img_enc", "vec_enc")), ("decoder", ("img_dec", "vec_dec")),
+    ("rssm", ("in_", "dyn", "gates", "prior_", "post_")), ("reward", ("rew_",)), ("cont", ("con_",)),
+    ("actor", ("actor_",)), ("critic", ("critic_",)),
+)
+CRITIC = ("critic_net", "critic_out")
+
+
+def module_of(name: str) -> str:
+    for module, prefixes in MODULE_PREFIXES:
+        if name.startswith(prefixes):
+            return module
+    raise KeyError(f"parameter group '{name}' belongs to no known module")
+
+
+def compute_dtype(config):
+    name = config.jax.compute_dtype
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"jax.compute_dtype is '{name}': use float32 or bfloat16.")
+    return jnp.float32 if name == "float32" else jnp.bfloat16
+
+
+def build_spec(obs_space: Mapping[str, Any], act_space: Mapping[str, Any], config) -> dict:
+    """Decides which obs key goes to which encoder branch and fixes every layer size."""
+    ac = config.agent
+    if "action" not in act_space:
+        raise ValueError(f"act_space has no 'action' key (keys: {sorted(act_space)}); the agent acts through 'action'.")
+    act = act_space["action"]
+    if len(act.shape) != 1 or not np.issubdtype(act.dtype, np.floating):
+        raise ValueError(f"act_space['action'] must be a float vector [A], got shape {act.shape} dtype {act.dtype}.")
+    image = []
+    for key in ac.image_keys:
+        if key not in obs_space:
+            continue
+        space = obs_space[key]
+        if len(space.shape) != 3 or space.dtype != np.uint8 or space.shape[0] != space.shape[1]:
+            raise ValueError(f"image key '{key}' must be uint8 [H, H, C] (square), got {space.shape} {space.dtype}; "
+                             f"remove it from agent.image_keys if it is not an image.")
+        check_resolution(key, space.shape[0], len(ac.cnn_mults))
+        image.append((key, space.shape[0], space.shape[2]))
+    groups = []
+    for name, keys_field, units_field in GROUPS:
+        keys = [k for k in ac[keys_field] if k in obs_space]
+        if keys:
+            sizes = [int(np.prod(obs_space[k].shape)) for k in keys]
+            groups.append((name, keys, sizes, ac[units_field] or ac.units))
+    if not image and not groups:
+        raise ValueError(
+            f"no observation key feeds the agent: obs_space has {sorted(obs_space)}, the agent reads "
+            f"image_keys={list(ac.image_keys)}, vestibular_keys={list(ac.vestibular_keys)}, "
+            f"proprio_keys={list(ac.proprio_keys)}, task_keys={list(ac.task_keys)}; set agent.*_keys to match."
+        )
+    r = ac.rssm
+    if r.deter % r.blocks:
+        raise ValueError(f"agent.rssm.deter ({r.deter}) must divide by agent.rssm.blocks ({r.blocks}).")
+    return dict(
+        image=image, groups=groups, act_dim=int(act.shape[0]), deter=r.deter, hidden=r.hidden, stoch=r.stoch,
+        classes=r.classes, blocks=r.blocks, dynlayers=r.dynlayers, imglayers=r.imglayers, obslayers=r.obslayers,
+        unimix=r.unimix, units=ac.units, depth=ac.depth, mults=tuple(ac.cnn_mults), kernel=ac.cnn_kernel,
+        enc_layers=ac.enc_layers, dec_layers=ac.dec_layers, head_layers=ac.head_layers, ac_layers=ac.ac_layers,
+        bins=ac.bins, minstd=ac.minstd, maxstd=ac.maxstd,
+    )
+
+
+def obs_keys(spec) -> list[str]:
+    return [k for k, _, _ in spec["image"]] + [k for _, keys, _, _ in spec["groups"] for k in keys]
+
+
+def dummy_inputs(spec, obs_space, lead=(1,)):
+    obs = {k: jnp.zeros(lead + tuple(obs_space[k].shape), obs_space[k].dtype) for k in obs_keys(spec)}
+    obs["is_first"] = jnp.zeros(lead, bool)
+    return obs, jnp.zeros(lead + (spec["act_dim"],), f32)
+
+
+def count_params(obs_space, act_space, config) -> dict[str, int]:
+    """Parameter counts per module and in total, from shapes only (nothing is allocated)."""
+    spec = build_spec(obs_space, act_space, config)
+    nets = Nets(spec, compute_dtype(config))
+    obs, act = dummy_inputs(spec, obs_space)
+    shapes = jax.eval_shape(lambda k: nets.init(k, obs, act, method=Nets.init_all), jax.random.PRNGKey(0))
+    return _counts(shapes["params"])
+
+
+def _counts(params) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name, sub in params.items():
+        module = module_of(name)
+        counts[module] = counts.get(module, 0) + sum(int(np.prod(x.shape)) for x in jax.tree.leaves(sub))
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def _path_name(path) -> str:
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+    return "/".join(parts)
+
+
+class Agent:
+    """DreamerV3. See the module docstring and dreamer_rodent/agent/__init__.py for the API."""
+
+    def __init__(self, obs_space, act_space, config, mesh: jax.sharding.Mesh | None = None):
+        self.config = config
+        self.ac = config.agent
+        self.obs_space, self.act_space = dict(obs_space), dict(act_space)
+        self.dtype = compute_dtype(config)
+        self.spec = build_spec(self.obs_space, self.act_space, config)
+        self.nets = Nets(self.spec, self.dtype)
+        self.keys = obs_keys(self.spec)
+        self.ignored_keys = sorted(k for k in self.obs_space
+                                   if k not in self.keys and k not in BOOKKEEPING_KEYS and not k.startswith("log/"))
+        self.bins = dists.bins(self.ac.bins)
+        self.discount = 1.0 - 1.0 / self.ac.horizon
+        o = self.ac.opt
+        self.opt, self.schedule = make_optimizer(o.lr, o.agc, o.eps, o.beta1, o.beta2, o.warmup)
+        self.mesh = mesh
+        if mesh is not None:
+            if "data" not in mesh.axis_names:
+                raise ValueError(f"the mesh has axes {mesh.axis_names}; the agent splits the batch over an axis named 'data'.")
+            self._replicated = NamedSharding(mesh, P())
+            self._sharded = NamedSharding(mesh, P("data"))
+        else:
+            self._replicated = self._sharded = None
+
+        key = jax.random.PRNGKey(config.seed)
+        init_key, train_key, policy_key = jax.random.split(key, 3)
+        obs, act = dummy_inputs(self.spec, self.obs_space)
+        params = jax.jit(lambda k: self.nets.init(k, obs, act, method=Nets.init_all))(init_key)["params"]
+        params = jax.tree.map(lambda x: x.astype(f32), params)
+        state = {
+            "params": params,
+            "opt": self.opt.init(params),
+            "slow": jax.tree.map(jnp.copy, {k: params[k] for k in CRITIC}),  # own buffers: state is donated
+            "retnorm": dists.retnorm_init(),
+            "step": jnp.zeros((), jnp.int32),
+            "key": train_key,
+        }
+        self._state = self._replicate(state)
+        self._policy_key = policy_key
+        self._train = jax.jit(self._train_step, donate_argnums=(0, 1))
+        self._policy = jax.jit(self._policy_step, static_argnames=("sample",))
+        self._report = jax.jit(self._report_step)
+
+    # ------------------------------------------------------------------ public API
+
+    def init_policy(self, batch_size: int):
+        return self._zero_carry(batch_size)
+
+    def policy(self, carry, obs, mode: str = "train"):
+        if mode not in ("train", "eval"):
+            raise ValueError(f"policy mode is '{mode}': use 'train' (sample actions) or 'eval' (take the mode).")
+        obs = self._select(obs, self.keys + ["is_first"], "policy obs")
+        self._policy_key, key = jax.random.split(self._policy_key)
+        carry, action = self._policy(self._state["params"], carry, obs, key, sample=(mode == "train"))
+        return carry, {"action": np.asarray(action, np.float32)}
+
+    def init_train(self, batch_size: int):
+        return self._put(self._zero_carry(batch_size), self._sharded, batch_size)
+
+    def train(self, carry, batch):
+        batch = self._train_batch(batch)
+        size = batch["is_first"].shape[0]
+        if not self.ac.train_carry:
+            carry = self._zero_carry(size)
+        carry = self._put(carry, self._sharded, size)
+        self._state, carry, metrics = self._train(self._state, carry, batch)
+        return carry, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+    def report(self, batch) -> dict:
+        batch = self._train_batch(batch)
+        metrics, videos = self._report(self._state, batch)
+        out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        out.update({k: np.asarray(v) for k, v in jax.device_get(videos).items()})
+        return out
+
+    def save(self) -> dict[str, np.ndarray]:
+        state = dict(self._state, policy_key=self._policy_key)
+        leaves, _ = jax.tree_util.tree_flatten_with_path(state)
+        return {_path_name(path): np.asarray(jax.device_get(x)) for path, x in leaves}
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        state = dict(self._state, policy_key=self._policy_key)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+        names = [_path_name(path) for path, _ in leaves]
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise KeyError(f"agent.load: {len(missing)} arrays missing, e.g. {missing[:5]}; the checkpoint was saved by "
+                           f"a different agent configuration (compare agent.* in its config.yaml).")
+        extra = sorted(set(arrays) - set(names))
+        if extra:
+            raise KeyError(f"agent.load: unexpected arrays {extra[:5]} (of {len(extra)}); the checkpoint was saved by a "
+                           f"different agent configuration.")
+        new = []
+        for name, (_, old) in zip(names, leaves):
+            value = np.asarray(arrays[name])
+            if value.shape != tuple(old.shape):
+                raise ValueError(f"agent.load: '{name}' has shape {value.shape} in the checkpoint but {tuple(old.shape)} "
+                                 f"in this agent; the model sizes differ (check agent.* and the size preset).")
+            new.append(jnp.asarray(value, old.dtype))
+        state = jax.tree_util.tree_unflatten(treedef, new)
+        self._policy_key = state.pop("policy_key")
+        self._state = self._replicate(state)
+
+    def param_count(self, per_module: bool = False):
+        counts = _counts(self._state["params"])
+        return counts if per_module else counts["total"]
+
+    @property
+    def step(self) -> int:
+        return int(self._state["step"])
+
+    # ------------------------------------------------------------------ host-side helpers
+
+    def _zero_carry(self, batch_size: int):
+        s = self.spec
+        return {
+            "deter": jnp.zeros((batch_size, s["deter"]), f32),
+            "stoch": jnp.zeros((batch_size, s["stoch"], s["classes"]), f32),
+            "action": jnp.zeros((batch_size, s["act_dim"]), f32),
+        }
+
+    def _replicate(self, tree):
+        return tree if self._replicated is None else jax.device_put(tree, self._replicated)
+
+    def _put(self, tree, sharding, batch_size):
+        if sharding is None:
+            return tree
+        devices = self.mesh.shape["data"]
+        if batch_size % devices:
+            raise ValueError(f"batch size {batch_size} does not divide by the {devices} devices of the mesh's 'data' "
+                             f"axis: use a batch_size that is a multiple of {devices}.")
+        return jax.device_put(tree, sharding)
+
+    def _select(self, data, keys, what):
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise KeyError(f"{what} lacks keys {missing} (has {sorted(data)}); the agent was built for obs keys {self.keys}.")
+        return {k: np.asarray(data[k]) for k in keys}
+
+    def _train_batch(self, batch):
+        batch = self._select(batch, self.keys + list(BOOKKEEPING_KEYS) + ["action"], "train batch")
+        if batch["action"].ndim != 3 or batch["action"].shape[-1] != self.spec["act_dim"]:
+            raise ValueError(f"batch['action'] must be [B, T, {self.spec['act_dim']}], got {batch['action'].shape}.")
+        return self._put(batch, self._sharded, batch["is_first"].shape[0])
+
+    # ------------------------------------------------------------------ pure functions
+
+    def _apply(self, params, method, *args):
+        return self.nets.apply({"params": params}, *args, method=method)
+
+    def _observe(self, params, embed, first, prev_action, carry, key):
+        """Posterior filtering over time. embed [B, T, E]; returns deter, stoch, post logits [B, T, ...]."""
+        swap = lambda x: jnp.swapaxes(x, 0, 1)
+        keys = jax.random.split(key, first.shape[1])
+
+        def step(c, inp):
+            deter, stoch = c
+            f, a, e, k = inp
+            m = 1.0 - f.astype(f32)[:, None]
+            deter = self._apply(params, Nets.core, deter * m, stoch * m[..., None], a * m)
+            logits = self._apply(params, Nets.posterior, deter, e)
+            stoch = dists.sample_onehot(k, logits)
+            return (deter, stoch), (deter, stoch, logits)
+
+        _, outs = jax.lax.scan(step, (carry["deter"], carry["stoch"]), (swap(first), swap(prev_action), swap(embed), keys))
+        return tuple(swap(x) for x in outs)
+
+    def _wm_losses(self, params, batch, carry, key):
+        ac = self.ac
+        obs = {k: batch[k] for k in self.keys + ["is_first"]}
+        embed = self._apply(params, Nets.encode, obs)
+        action = batch["action"].astype(f32)
+        prev_action = jnp.concatenate([carry["action"][:, None], action[:, :-1]], 1)
+        deter, stoch, post = self._observe(params, embed, batch["is_first"], prev_action, carry, key)
+        prior = self._apply(params, Nets.prior, deter)
+        feat = feature(deter, stoch)
+        pred = self._apply(params, Nets.decode, feat)
+        losses = {}
+        for k, _, _ in self.spec["image"]:
+            target = batch[k].astype(f32) / 255.0
+            losses[f"rec_{k}"] = jnp.sum(jnp.square(pred[k].astype(f32) - target), (-3, -2, -1))
+        for name, keys, _, _ in self.spec["groups"]:
+            target = jnp.concatenate([batch[k].reshape(batch[k].shape[:2] + (-1,)).astype(f32) for k in keys], -1)
+            losses[f"rec_{name}"] = jnp.sum(jnp.square(pred[name].astype(f32) - dists.symlog(target)), -1)
+        losses["rew"] = dists.twohot_loss(self._apply(params, Nets.reward, feat), batch["reward"], self.bins)
+        con_logit = self._apply(params, Nets.cont, feat).astype(f32)
+        con_target = 1.0 - batch["is_terminal"].astype(f32)
+        losses["con"] = -(con_target * jax.nn.log_sigmoid(con_logit) + (1 - con_target) * jax.nn.log_sigmoid(-con_logit))
+        losses["dyn"], losses["rep"], kl = dists.kl_losses(post, prior, ac.rssm.free_nats)
+        scales = ac.loss_scales
+        total = sum(jnp.mean(v) * (scales.rec if k.startswith("rec_") else scales[k]) for k, v in losses.items())
+        metrics = {f"loss/{k}": jnp.mean(v) for k, v in losses.items()}
+        metrics.update({
+            "wm/kl": jnp.mean(kl),
+            "wm/post_ent": jnp.mean(dists.categorical_entropy(post)),
+            "wm/prior_ent": jnp.mean(dists.categorical_entropy(prior)),
+            "wm/reward_pred": jnp.mean(dists.twohot_mean(self._apply(sg(params), Nets.reward, sg(feat)), self.bins)),
+            "wm/cont_pred": jnp.mean(jax.nn.sigmoid(con_logit)),
+        })
+        last = {"deter": deter[:, -1], "stoch": stoch[:, -1], "action": action[:, -1]}
+        return total, metrics, (sg(deter), sg(stoch), sg(feat)), last
+
+    def _imagine(self, params, deter, stoch, key):
+        """Forward-only rollout of the frozen actor in the frozen model. Returns feats [H+1, N, F], raw actions [H, N, A]."""
+        params = sg(params)
+
+        def step(c, k):
+            deter, stoch = c
+            feat = feature(deter, stoch)
+            mean, std = self._apply(params, Nets.actor, feat)
+            k1, k2 = jax.random.split(k)
+            raw = mean + std * jax.random.normal(k1, mean.shape, f32)
+            deter = self._apply(params, Nets.core, deter, stoch, jnp.clip(raw, -1, 1))
+            stoch = dists.sample_onehot(k2, self._apply(params, Nets.prior, deter))
+            return (deter, stoch), (feat, raw)
+
+        (deter, stoch), (feats, raws) = jax.lax.scan(step, (deter, stoch), jax.random.split(key, self.ac.imag_length))
+        feats = jnp.concatenate([feats, feature(deter, stoch)[None]], 0)
+        return sg(feats), sg(raws)
+
+    def _ac_losses(self, params, slow, retnorm, batch, deter, stoch, feat, key):
+        ac, sc = self.ac, self.ac.loss_scales
+        B, T = batch["is_first"].shape
+        N = B * T
+        feats, raws = self._imagine(params, deter.reshape((N,) + deter.shape[2:]), stoch.reshape((N,) + stoch.shape[2:]), key)
+        frozen = sg(params)
+        slow_params = dict(frozen, **slow)
+        rew = dists.twohot_mean(self._apply(frozen, Nets.reward, feats[1:]), self.bins)
+        con = jax.nn.sigmoid(self._apply(frozen, Nets.cont, feats[1:]).astype(f32))
+        con0 = 1.0 - batch["is_terminal"].astype(f32).reshape(N)
+        critic_logits = self._apply(params, Nets.critic, feats)
+        values = sg(dists.twohot_mean(critic_logits, self.bins))
+        rets = dists.lambda_returns(rew, con, values, self.discount, ac.lambda_)
+        weights = sg(dists.return_weights(jnp.concatenate([con0[None], con], 0), self.discount))[:-1]
+        retnorm, scale = dists.retnorm_update(retnorm, rets, ac.retnorm_rate, ac.retnorm_low, ac.retnorm_high,
+                                              ac.retnorm_limit)
+        adv = sg((rets - values[:-1]) / scale)
+        mean, std = self._apply(params, Nets.actor, feats[:-1])
+        logp = dists.normal_logp(raws, mean, std)
+        ent = dists.normal_entropy(std)
+        policy = jnp.mean(weights * (-logp * adv - ac.actent * ent))
+        slow_mean = sg(dists.twohot_mean(self._apply(slow_params, Nets.critic, feats[:-1]), self.bins))
+        value = jnp.mean(weights * (dists.twohot_loss(critic_logits[:-1], rets, self.bins)
+                                    + sc.slowreg * dists.twohot_loss(critic_logits[:-1], slow_mean, self.bins)))
+        # Replay value loss: the critic on replayed states, towards lambda returns of the real rewards
+        # bootstrapped from the imagined returns of each replayed state.
+        boot = rets[0].reshape(B, T)
+        f = lambda x: x.astype(f32)
+        rrets = dists.replay_returns(f(batch["reward"]), f(batch["is_last"]), f(batch["is_terminal"]), boot,
+                                     self.discount, ac.lambda_)
+        rep_logits = self._apply(params, Nets.critic, feat[:, :-1])
+        rep_slow = sg(dists.twohot_mean(self._apply(slow_params, Nets.critic, feat[:, :-1]), self.bins))
+        mask = 1.0 - f(batch["is_last"][:, :-1])
+        repval = jnp.mean(mask * (dists.twohot_loss(rep_logits, rrets, self.bins)
+                                  + sc.slowreg * dists.twohot_loss(rep_logits, rep_slow, self.bins)))
+        total = sc.policy * policy + sc.value * value + sc.repval * repval
+        metrics = {
+            "loss/policy": policy, "loss/value": value, "loss/repval": repval,
+            "actor/entropy": jnp.mean(ent), "actor/std": jnp.mean(std), "actor/logp": jnp.mean(logp),
+            "imag/return": jnp.mean(rets), "imag/value": jnp.mean(values), "imag/reward": jnp.mean(rew),
+            "imag/cont": jnp.mean(con), "imag/adv_mag": jnp.mean(jnp.abs(adv)), "imag/weight": jnp.mean(weights),
+            "retnorm/scale": scale, "retnorm/lo": retnorm["lo"] / retnorm["corr"],
+            "retnorm/hi": retnorm["hi"] / retnorm["corr"], "replay/return": jnp.mean(rrets),
+        }
+        return total, metrics, retnorm
+
+    def _loss(self, params, slow, retnorm, batch, carry, key):
+        k_obs, k_img = jax.random.split(key)
+        wm, metrics, (deter, stoch, feat), last = self._wm_losses(params, batch, carry, k_obs)
+        acl, ac_metrics, retnorm = self._ac_losses(params, slow, retnorm, batch, deter, stoch, feat, k_img)
+        metrics.update(ac_metrics)
+        metrics["loss/world_model"] = wm
+        metrics["loss/total"] = wm + acl
+        return wm + acl, (metrics, retnorm, last)
+
+    def _train_step(self, state, carry, batch):
+        key, k_loss = jax.random.split(state["key"])
+        params = state["params"]
+        grads, (metrics, retnorm, last) = jax.grad(self._loss, has_aux=True)(
+            params, state["slow"], state["retnorm"], batch, carry, k_loss)
+        updates, opt = self.opt.update(grads, state["opt"], params)
+        params = optax.apply_updates(params, updates)
+        rate = self.ac.slow_rate
+        slow = jax.tree.map(lambda s, p: s + rate * (p - s), state["slow"], {k: params[k] for k in CRITIC})
+        by_module: dict[str, list] = {}
+        for name, sub in grads.items():
+            by_module.setdefault(module_of(name), []).append(sub)
+        for module, subs in by_module.items():
+            metrics[f"grad_norm/{module}"] = optax.global_norm(subs)
+        metrics["grad_norm/total"] = optax.global_norm(grads)
+        metrics["update_norm"] = optax.global_norm(updates)
+        metrics["param_norm"] = optax.global_norm(params)
+        metrics["opt/lr"] = self.schedule(state["step"])
+        new = {"params": params, "opt": opt, "slow": slow, "retnorm": retnorm, "step": state["step"] + 1, "key": key}
+        return new, sg(last), metrics
+
+    def _policy_step(self, params, carry, obs, key, sample: bool):
+        first = obs["is_first"]
+        m = 1.0 - first.astype(f32)[:, None]
+        deter = self._apply(params, Nets.core, carry["deter"] * m, carry["stoch"] * m[..., None], carry["action"] * m)
+        embed = self._apply(params, Nets.encode, obs)
+        logits = self._apply(params, Nets.posterior, deter, embed)
+        k1, k2 = jax.random.split(key)
+        stoch = dists.sample_onehot(k1, logits) if sample else dists.mode_onehot(logits)
+        mean, std = self._apply(params, Nets.actor, feature(deter, stoch))
+        action = mean + std * jax.random.normal(k2, mean.shape, f32) if sample else mean
+        action = jnp.clip(action, -1.0, 1.0)
+        return {"deter": deter, "stoch": sg(stoch), "action": action}, action
+
+    def _report_step(self, state, batch):
+        """Losses on the batch (no update) and open-loop prediction videos per image key."""
+        params = state["params"]
+        key_loss, key_obs, key_img = jax.random.split(jax.random.fold_in(state["key"], 1), 3)
+        B = batch["is_first"].shape[0]
+        carry = self._zero_carry(B)
+        _, (metrics, _, _) = self._loss(params, state["slow"], state["retnorm"], batch, carry, key_loss)
+        videos = {}
+        if self.spec["image"]:
+            n = min(B, self.ac.report_batch)
+            T = batch["is_first"].shape[1]
+            ctx = max(1, min(self.ac.report_context, T - 1))
+            sub = jax.tree.map(lambda x: x[:n], batch)
+            obs = {k: sub[k] for k in self.keys + ["is_first"]}
+            embed = self._apply(params, Nets.encode, obs)
+            action = sub["action"].astype(f32)
+            prev = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :-1]], 1)
+            deter, stoch, _ = self._observe(params, embed[:, :ctx], sub["is_first"][:, :ctx], prev[:, :ctx],
+                                            self._zero_carry(n), key_obs)
+
+            def step(c, a):
+                d, s = c
+                d = self._apply(params, Nets.core, d, s, a)
+                s = dists.mode_onehot(self._apply(params, Nets.prior, d))
+                return (d, s), (d, s)
+
+            _, (d_img, s_img) = jax.lax.scan(step, (deter[:, -1], stoch[:, -1]), jnp.swapaxes(prev[:, ctx:], 0, 1))
+            deter = jnp.concatenate([deter, jnp.swapaxes(d_img, 0, 1)], 1)
+            stoch = jnp.concatenate([stoch, jnp.swapaxes(s_img, 0, 1)], 1)
+            pred = self._apply(params, Nets.decode, feature(deter, stoch))
+            for k, _, _ in self.spec["image"]:
+                truth = sub[k].astype(f32) / 255.0
+                model = jnp.clip(pred[k].astype(f32), 0.0, 1.0)
+                error = (model - truth + 1.0) / 2.0
+                video = jnp.concatenate([truth, model, error], -2)  # side by side along the width
+                videos[f"openloop/{k}"] = (video * 255.0).round().astype(jnp.uint8)
+                metrics[f"openloop/{k}_mse"] = jnp.mean(jnp.square(model[:, ctx:] - truth[:, ctx:]))
+        return metrics, videos
