@@ -30,6 +30,8 @@ What a task must keep:
   limit ends with discount 1 (the adapter reports it as `is_last`, not terminal).
 - Task observables that the agent sees are passed by object in `task_obs`
   (our key -> observable); each must be a flat float vector.
+- Observables are evaluated once when the environment is built, before any
+  episode is initialized: they must work on a freshly compiled physics.
 - `log_metrics(physics)` is called once per control step and must be cheap.
 - A task with state that must survive a resume (a curriculum) passes
   `state_dict` / `load_state_dict` that use plain data (numbers, lists, dicts).
@@ -306,9 +308,14 @@ def build(
         for obs in wanted[group]:
             obs.enabled = True
 
+    # Half a physics step short of the limit: summed float timesteps land a hair
+    # under it, which would add one stray control step to every episode.
+    time_limit = float(config.env.time_limit)
+    if time_limit <= 0:
+        raise TaskConfigError(f"env.time_limit must be > 0 seconds, got {time_limit}.")
     env = composer.Environment(
         task,
-        time_limit=float(config.env.time_limit),
+        time_limit=time_limit - 0.5 * task.physics_timestep,
         random_state=int(seed),
         strip_singleton_obs_buffer_dim=True,
         **env_kwargs,

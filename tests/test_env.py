@@ -1,0 +1,157 @@
+"""The env adapter: spaces, step/reset protocol, seeding, keys, cameras, errors."""
+
+import numpy as np
+import pytest
+
+from dreamer_rodent.config import ConfigError, build_config
+from dreamer_rodent.env import make_env
+from tasks import registry
+
+NO_IMAGE = ["vestibular", "proprio", "task"]
+
+
+def _config(task="ball_goto", **flags):
+    flags.setdefault("env.image_size", 16)
+    return build_config(flags={"task": task, **flags})
+
+
+def _check(obs, space):
+    extra, missing = set(obs) - set(space), set(space) - set(obs)
+    assert not extra and not missing, (extra, missing)
+    for key, value in obs.items():
+        assert space[key].contains(value), (key, np.asarray(value).shape, np.asarray(value).dtype, space[key])
+        if space[key].dtype == np.float32:
+            assert np.all(np.isfinite(value)), key
+
+
+@pytest.mark.parametrize("task", registry.names())
+def test_every_task_builds_and_steps_within_its_spaces(task):
+    env = make_env(_config(task))
+    obs_space, act_space = env.obs_space, env.act_space
+    for key in ("reward", "is_first", "is_last", "is_terminal", "image", "vestibular", "proprio"):
+        assert key in obs_space, key
+    assert obs_space["image"].shape == (16, 16, 3) and obs_space["image"].dtype == np.uint8
+    assert obs_space["vestibular"].shape == (12,)
+    assert act_space["action"].dtype == np.float32 and act_space["reset"].dtype == bool
+    assert np.all(act_space["action"].low == -1) and np.all(act_space["action"].high == 1)
+    task_keys = [k for k in obs_space if k not in ("reward", "is_first", "is_last", "is_terminal", "image",
+                                                   "vestibular", "proprio") and not k.startswith("log/")]
+    assert all(obs_space[k].dtype == np.float32 and len(obs_space[k].shape) == 1 for k in task_keys)
+    assert all(obs_space[k].shape == () for k in obs_space if k.startswith("log/"))
+    rng = np.random.default_rng(0)
+    obs = env.step({"action": act_space["action"].sample(rng), "reset": True})
+    _check(obs, obs_space)
+    assert obs["is_first"] and obs["reward"] == 0
+    for _ in range(3):
+        obs = env.step({"action": act_space["action"].sample(rng), "reset": False})
+        _check(obs, obs_space)
+        assert not obs["is_first"]
+    env.close()
+
+
+def test_reset_protocol_and_time_limit():
+    env = make_env(_config(**{"env.time_limit": 0.1, "env.keys": NO_IMAGE}))  # 5 control steps of 20 ms
+    zero = np.zeros(env.act_space["action"].shape, np.float32)
+    first = env.step({"action": zero, "reset": False})  # the very first step starts an episode
+    assert first["is_first"] and first["reward"] == 0 and not first["is_last"]
+    flags = [env.step({"action": zero, "reset": False}) for _ in range(5)]
+    assert [bool(o["is_last"]) for o in flags] == [False] * 4 + [True]
+    assert not any(o["is_terminal"] for o in flags)  # a time limit is not terminal
+    assert not any(o["is_first"] for o in flags)
+    after = env.step({"action": zero, "reset": False})  # the step after is_last starts anew
+    assert after["is_first"] and after["reward"] == 0 and not after["is_last"]
+    env.step({"action": zero, "reset": False})
+    forced = env.step({"action": zero, "reset": True})  # reset=True mid-episode
+    assert forced["is_first"] and forced["reward"] == 0
+    assert env.physics.data.time == 0.0
+    env.close()
+
+
+def _first_obs(config, index):
+    env = make_env(config, index)
+    obs = env.step({"reset": True})
+    env.close()
+    return obs
+
+
+def test_same_seed_same_first_observations_and_indices_differ():
+    config = _config("rodent_goto")
+    a, b, c = _first_obs(config, 0), _first_obs(config, 0), _first_obs(config, 1)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert not np.allclose(a["target"], c["target"])
+    other_seed = _first_obs(_config("rodent_goto", seed=1), 0)
+    assert not np.allclose(a["target"], other_seed["target"])
+
+
+def test_action_is_rescaled_to_the_walker_bounds_and_checked():
+    env = make_env(_config(**{"env.keys": NO_IMAGE}))
+    env.step({"reset": True})
+    env.step({"action": np.array([1.0, -1.0, 1.0], np.float32), "reset": False})
+    np.testing.assert_allclose(env.physics.data.ctrl, [1.0, -1.0, 0.6])  # neck ctrlrange is [-0.6, 0.6]
+    env.step({"action": np.array([0.0, 0.0, -2.0], np.float32), "reset": False})  # clipped to -1
+    np.testing.assert_allclose(env.physics.data.ctrl, [0.0, 0.0, -0.6])
+    with pytest.raises(ValueError, match=r"shape \(2,\).*expects \(3,\)"):
+        env.step({"action": np.zeros(2, np.float32), "reset": False})
+    with pytest.raises(ValueError, match="NaN"):
+        env.step({"action": np.array([np.nan, 0, 0], np.float32), "reset": False})
+    env.close()
+
+
+def test_action_repeat_steps_the_physics_repeatedly():
+    env = make_env(_config(**{"env.keys": NO_IMAGE, "env.action_repeat": 3}))
+    env.step({"reset": True})
+    zero = np.zeros(3, np.float32)
+    env.step({"action": zero, "reset": False})
+    assert env.physics.data.time == pytest.approx(3 * 0.02)
+    env.close()
+
+
+def test_keys_without_image_render_nothing(monkeypatch):
+    from dm_control.mujoco import engine
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("rendered although env.keys has no image")
+
+    monkeypatch.setattr(engine.Physics, "render", no_render)
+    env = make_env(_config("rodent_goto", **{"env.keys": NO_IMAGE}))
+    assert "image" not in env.obs_space
+    for reset in (True, False, False):
+        obs = env.step({"action": np.zeros(38, np.float32), "reset": reset})
+        assert "image" not in obs
+    assert "vestibular" in obs and "proprio" in obs and "target" in obs
+    env.close()
+
+
+def test_keys_switch_groups_off():
+    env = make_env(_config(**{"env.keys": ["image"]}))
+    obs = env.step({"reset": True})
+    assert set(k for k in obs if not k.startswith("log/")) == {"reward", "is_first", "is_last", "is_terminal", "image"}
+    env.close()
+    with pytest.raises(ValueError, match=r"unknown group\(s\) \['imgae'\]"):
+        make_env(_config(**{"env.keys": ["imgae", "proprio"]}))
+
+
+def test_cameras_by_name_and_render():
+    env = make_env(_config("rodent_goto", **{"env.keys": NO_IMAGE}))
+    env.step({"reset": True})
+    names = env.camera_names()
+    assert "walker/egocentric" in names and "walker/side" in names
+    assert env.default_camera == "walker/side_alt"
+    frame = env.render("side", 48, 32)
+    assert frame.shape == (32, 48, 3) and frame.dtype == np.uint8 and frame.std() > 0
+    assert env.render(None, 24, 16).shape == (16, 24, 3)
+    with pytest.raises(ValueError, match="unknown camera 'sidee'; available cameras: .*walker/side"):
+        env.render("sidee", 32, 32)
+    env.close()
+
+
+def test_clear_errors_for_unknown_task_camera_and_config_key():
+    with pytest.raises(registry.UnknownTaskError, match="unknown task 'rodent_gotoo'.*Known tasks: .*ball_goto"):
+        make_env(_config("rodent_gotoo"))
+    with pytest.raises(ValueError, match="env.camera 'eye' is not a camera.*available: .*egocentric"):
+        make_env(_config(**{"env.camera": "eye"}))
+    with pytest.raises(ConfigError, match="unknown config key 'env.image_sise'.*env.image_size"):
+        build_config(flags={"env.image_sise": 16})
+    with pytest.raises(ConfigError, match="task_kwargs.success_radius"):
+        build_config(flags={"task_kwargs.succes_radius": 0.1})
