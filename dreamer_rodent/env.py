@@ -181,7 +181,16 @@ class Env:
         return self._build.state_dict()
 
     def load_curriculum_state(self, state: dict) -> None:
+        """Restores the curriculum; the next step starts an episode at its level."""
         self._build.load_state_dict(state)
+        if self._pending is not None:  # drawn at the old level: draw again
+            self._pending = None
+            self._done = True
+
+    @property
+    def dt(self) -> float:
+        """Simulated seconds per `step` (control timestep x action repeat)."""
+        return float(self._env.control_timestep()) * self._repeat
 
     # ---- cameras ----
     @property

@@ -146,6 +146,23 @@ def test_cameras_by_name_and_render():
     env.close()
 
 
+def test_tasks_cli_lists_the_registry_and_shows_the_agent_view(tmp_path, capsys):
+    from PIL import Image
+
+    from dreamer_rodent import tasks as cli
+
+    assert cli.main([]) == 0
+    listing = capsys.readouterr().out
+    for name in registry.names():
+        assert name in listing and registry.get(name).description in listing
+    out = tmp_path / "frame.png"
+    assert cli.main(["--show", "ball_goto", "--out", str(out), "--size", "16"]) == 0
+    frame = np.asarray(Image.open(out))
+    assert frame.shape == (384, 384 + 512, 3)  # upscaled ego image beside a 4:3 third-person view
+    ego = frame[:, :384]
+    assert len(np.unique(ego.reshape(-1, 3), axis=0)) <= 16 * 16  # nearest-neighbour upscale of 16x16
+
+
 def test_clear_errors_for_unknown_task_camera_and_config_key():
     with pytest.raises(registry.UnknownTaskError, match="unknown task 'rodent_gotoo'.*Known tasks: .*ball_goto"):
         make_env(_config("rodent_gotoo"))

@@ -146,6 +146,13 @@ def test_curriculum_advances_in_the_env_and_survives_save_restore():
     assert fresh.step({"reset": True})["log/curriculum_level"] == 0
     fresh.load_curriculum_state(state)
     assert fresh.step({"reset": True})["log/curriculum_level"] == 1
+    # Restored before the first step (a resumed run): the first episode is drawn at the restored level.
+    resumed = _env("ball_goto", **{**flags, "task_kwargs.curriculum_levels": [0.1, 5.0]})
+    resumed.load_curriculum_state({"level": 1, "recent": []})
+    obs = resumed.step({"action": zero, "reset": False})
+    assert obs["is_first"] and obs["log/curriculum_level"] == 1
+    assert obs["log/distance"] > 0.1  # level 0 would put the target within 0.1 m
+    resumed.close()
     assert fresh.curriculum_state()["level"] == 1
     fresh.close()
 
