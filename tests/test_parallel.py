@@ -1,0 +1,187 @@
+"""BatchEnv: worker processes match in-process stepping; failures never hang.
+
+Workers are real `ball_goto` envs (the cheap walker) at a tiny image size. The
+env constructors used by the failure tests live at module level so that spawned
+workers can import them.
+"""
+
+import os
+import pathlib
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from dreamer_rodent.config import build_config
+from dreamer_rodent.env import make_env
+from dreamer_rodent.parallel import BatchEnv, EnvWorkerError, select_egl_device
+
+
+def _config(envs=2, **flags):
+    return build_config(flags={"task": "ball_goto", "env.image_size": 8, "run.envs": envs, **flags})
+
+
+def _actions(env, rng, reset=None):
+    n = env.num
+    action = rng.uniform(-1, 1, (n, *env.act_space["action"].shape)).astype(np.float32)
+    return {"action": action, "reset": np.zeros(n, bool) if reset is None else np.asarray(reset)}
+
+
+class _FailingEnv:
+    """A real env that raises on its `fail_at`-th step in worker `fail_index`."""
+
+    def __init__(self, config, index, fail_index, fail_at):
+        self._env = make_env(config, index)
+        self._fail = index == fail_index
+        self._fail_at = fail_at
+        self._steps = 0
+        self.obs_space, self.act_space = self._env.obs_space, self._env.act_space
+
+    def step(self, action):
+        self._steps += 1
+        if self._fail and self._steps == self._fail_at:
+            raise FloatingPointError("simulated physics blow-up in the test env")
+        return self._env.step(action)
+
+    def close(self):
+        self._env.close()
+
+
+def failing_ctor(config, index):
+    return _FailingEnv(config, index, fail_index=1, fail_at=3)
+
+
+class _HangingEnv(_FailingEnv):
+    """Hangs on its 2nd step in worker 0, once per marker file (restarts then behave)."""
+
+    def __init__(self, config, index, marker):
+        super().__init__(config, index, fail_index=0, fail_at=2)
+        self._marker = pathlib.Path(marker)
+
+    def step(self, action):
+        self._steps += 1
+        if self._fail and self._steps == self._fail_at and not self._marker.exists():
+            self._marker.write_text("hung once")
+            time.sleep(600)
+        return self._env.step(action)
+
+
+def hanging_ctor(config, index):
+    return _HangingEnv(config, index, os.environ["TEST_PARALLEL_MARKER"])
+
+
+def test_select_egl_device():
+    # A pinned device wins over everything.
+    assert select_egl_device(3, egl_device=1, cuda_visible_devices="0,2", gpu_count=4, preset="5") == "1"
+    # A device the user exported is kept.
+    assert select_egl_device(3, cuda_visible_devices="0,2", gpu_count=4, preset="5") == "5"
+    # Round robin over the visible GPUs' ids.
+    assert [select_egl_device(i, cuda_visible_devices="2,5,7") for i in range(4)] == ["2", "5", "7", "2"]
+    assert [select_egl_device(i, gpu_count=2) for i in range(3)] == ["0", "1", "0"]
+    # CUDA hidden, or no GPU at all: leave EGL's own choice (Mesa on a CPU machine).
+    assert select_egl_device(1, cuda_visible_devices="", gpu_count=8) is None
+    assert select_egl_device(1, cuda_visible_devices="-1", gpu_count=8) is None
+    assert select_egl_device(1) is None
+    # UUIDs cannot be mapped to EGL indices: fall back to positions.
+    assert select_egl_device(3, cuda_visible_devices="GPU-aa,GPU-bb") == "1"
+
+
+def test_processes_match_in_process_stepping():
+    config = _config(envs=2)
+    rng = np.random.default_rng(0)
+    plan = [_actions_like(rng, reset=[i == 6, False]) for i in range(12)]
+    outputs = {}
+    for parallel in ("process", "none"):
+        with BatchEnv(config, parallel=parallel) as env:
+            assert env.obs_space["image"].shape == (8, 8, 3)
+            outputs[parallel] = [env.step(step) for step in plan]
+    for step, (a, b) in enumerate(zip(outputs["process"], outputs["none"])):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].shape[0] == 2
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"step {step} key {key}")
+    first = outputs["process"]
+    assert first[0]["is_first"].all() and not first[1]["is_first"].any()
+    assert list(first[6]["is_first"]) == [True, False]  # reset=True for env 0 at step 6
+    assert not np.array_equal(first[3]["target"][0], first[3]["target"][1])  # envs are seeded apart
+
+
+def _actions_like(rng, reset):
+    return {"action": rng.uniform(-1, 1, (2, 3)).astype(np.float32), "reset": np.asarray(reset)}
+
+
+def test_killed_worker_is_restarted_and_its_episode_ends():
+    rng = np.random.default_rng(1)
+    with BatchEnv(_config(envs=2), step_timeout=60) as env:
+        for _ in range(3):
+            before = env.step(_actions(env, rng))
+        states = env.curriculum_states()
+        victim = env.worker_pids[1]
+        os.kill(victim, signal.SIGKILL)
+        start = time.monotonic()
+        ended = env.step(_actions(env, rng))
+        assert time.monotonic() - start < 60
+        assert list(ended["is_last"]) == [False, True]
+        assert not ended["is_terminal"][1] and ended["reward"][1] == 0
+        np.testing.assert_array_equal(ended["target"][1], before["target"][1])  # its last observation
+        assert env.restart_log and env.restart_log[0][0] == 1 and "SIGKILL" in env.restart_log[0][1]
+        assert env.worker_pids[1] != victim
+        after = env.step(_actions(env, rng))  # reset=False, yet the restarted env starts anew
+        assert list(after["is_first"]) == [False, True]
+        assert env.curriculum_states()[1] == states[1]
+        env.step(_actions(env, rng))
+
+
+def test_killed_worker_beyond_max_restarts_stops_the_run_naming_it():
+    with BatchEnv(_config(envs=2), max_restarts=0) as env:
+        env.step(_actions(env, np.random.default_rng(0)))
+        os.kill(env.worker_pids[0], signal.SIGKILL)
+        with pytest.raises(EnvWorkerError, match=r"env worker 0 failed: .*killed by SIGKILL") as info:
+            env.step(_actions(env, np.random.default_rng(0)))
+        assert info.value.index == 0
+
+
+def test_exception_in_a_worker_names_the_worker_and_carries_its_traceback():
+    env = BatchEnv(_config(envs=2), ctor=failing_ctor)
+    pids = env.worker_pids
+    try:
+        rng = np.random.default_rng(0)
+        env.step(_actions(env, rng))
+        env.step(_actions(env, rng))
+        with pytest.raises(EnvWorkerError, match="env worker 1 failed") as info:
+            env.step(_actions(env, rng))
+        assert info.value.index == 1
+        assert "FloatingPointError: simulated physics blow-up" in str(info.value)
+        assert "Traceback" in str(info.value)
+    finally:
+        env.close()
+    for pid in pids:  # close() leaves no worker behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_hung_worker_times_out_and_is_restarted(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_PARALLEL_MARKER", str(tmp_path / "hung"))
+    with BatchEnv(_config(envs=2), ctor=hanging_ctor, step_timeout=3) as env:
+        rng = np.random.default_rng(0)
+        env.step(_actions(env, rng))
+        start = time.monotonic()
+        obs = env.step(_actions(env, rng))
+        assert 2.5 < time.monotonic() - start < 60
+        assert list(obs["is_last"]) == [True, False]
+        assert "no reply within 3 s" in env.restart_log[0][1]
+        obs = env.step(_actions(env, rng))
+        assert list(obs["is_first"]) == [True, False]
+
+
+def test_bad_actions_and_settings_are_named():
+    with BatchEnv(_config(envs=2), parallel="none") as env:
+        with pytest.raises(ValueError, match=r"action 'action' has shape \(3,\); expected \(2, 3\)"):
+            env.step({"action": np.zeros(3, np.float32), "reset": np.zeros(2, bool)})
+        with pytest.raises(KeyError, match="lack keys \\['reset'\\]"):
+            env.step({"action": np.zeros((2, 3), np.float32)})
+        with pytest.raises(ValueError, match="got 1 states for 2 envs"):
+            env.load_curriculum_states([{}])
+    with pytest.raises(ValueError, match="run.env_parallel must be 'process' or 'none', got 'threads'"):
+        BatchEnv(_config(), parallel="threads")
