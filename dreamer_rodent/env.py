@@ -87,6 +87,7 @@ class Env:
         self._pending = self._env.reset()
         self._done = False
         self._closed = False
+        self._cameras: dict = {}
         first = self._convert(self._pending.observation, 0.0, True, False, False)
         self._obs_space = self._make_obs_space(first)
         self._act_space = {
@@ -227,20 +228,23 @@ class Env:
 
     def render(self, camera: str | None = None, width: int = 320, height: int = 240) -> np.ndarray:
         """A third-person RGB view (uint8 [height, width, 3]) with cheap render flags."""
+        from dm_control.mujoco import engine
+
         camera_id = self._camera_id(camera or self.default_camera)
-        return np.asarray(
-            self._env.physics.render(
-                height=int(height),
-                width=int(width),
-                camera_id=camera_id,
-                render_flag_overrides=dict(self._base.CHEAP_RENDER_FLAGS),
-            ),
-            np.uint8,
-        )
+        physics = self._env.physics
+        # One MuJoCo camera per view, reused: building one costs more than a frame.
+        key = (id(physics), camera_id, int(width), int(height))
+        if key not in self._cameras:
+            if len(self._cameras) >= 8:
+                self._cameras.clear()
+            self._cameras[key] = engine.Camera(physics, height=int(height), width=int(width), camera_id=camera_id)
+        pixels = self._cameras[key].render(render_flag_overrides=dict(self._base.CHEAP_RENDER_FLAGS))
+        return np.asarray(pixels, np.uint8)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._cameras.clear()
             self._env.close()
 
     def __enter__(self):

@@ -143,9 +143,30 @@ def ego_scene_option() -> mj_wrapper.MjvOption:
     return option
 
 
+class ReusedCamera(observable_lib.MJCFCamera):
+    """An MJCFCamera that builds its MuJoCo camera (and scene) once per episode.
+
+    `physics.render` makes a new `Camera`, with a new `MjvScene`, every frame:
+    about 1.5 ms on a 2-core CPU, a quarter of a rat step with a 64x64 image.
+    """
+
+    def _callable(self, physics):
+        from dm_control.mujoco import engine
+
+        camera = engine.Camera(
+            physics, height=self._height, width=self._width, camera_id=self._mjcf_element.full_identifier
+        )
+
+        def get_observation():
+            pixels = camera.render(scene_option=self._scene_option, render_flag_overrides=self._render_flag_overrides)
+            return np.atleast_3d(pixels)
+
+        return get_observation
+
+
 def ego_camera_observable(camera_element, size: int) -> observable_lib.MJCFCamera:
     """The agent's image: a square RGB render with cheap flags, own body hidden."""
-    return observable_lib.MJCFCamera(
+    return ReusedCamera(
         camera_element,
         height=size,
         width=size,
