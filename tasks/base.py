@@ -158,7 +158,12 @@ class ReusedCamera(observable_lib.MJCFCamera):
         )
 
         def get_observation():
-            pixels = camera.render(scene_option=self._scene_option, render_flag_overrides=self._render_flag_overrides)
+            pixels = camera.render(
+                depth=self._depth,
+                segmentation=self._segmentation,
+                scene_option=self._scene_option,
+                render_flag_overrides=self._render_flag_overrides,
+            )
             return np.atleast_3d(pixels)
 
         return get_observation

@@ -172,3 +172,19 @@ def test_clear_errors_for_unknown_task_camera_and_config_key():
         build_config(flags={"env.image_sise": 16})
     with pytest.raises(ConfigError, match="task_kwargs.success_radius"):
         build_config(flags={"task_kwargs.succes_radius": 0.1})
+
+
+def test_image_is_the_current_egocentric_view():
+    from tasks import base
+
+    env = make_env(_config(**{"env.image_size": 24}))
+    obs = env.step({"reset": True})
+    images = [obs["image"]]
+    for _ in range(10):
+        obs = env.step({"action": np.array([1.0, 0.5, 0.0], np.float32), "reset": False})
+        images.append(obs["image"])
+    direct = env.physics.render(24, 24, camera_id="walker/egocentric", scene_option=base.ego_scene_option(),
+                                render_flag_overrides=dict(base.CHEAP_RENDER_FLAGS))
+    np.testing.assert_array_equal(obs["image"], direct)
+    assert not np.array_equal(images[0], images[-1])  # the view follows the moving ball
+    env.close()
