@@ -98,13 +98,28 @@ def test_action_is_rescaled_to_the_walker_bounds_and_checked():
     env.close()
 
 
-def test_action_repeat_steps_the_physics_repeatedly():
-    env = make_env(_config(**{"env.keys": NO_IMAGE, "env.action_repeat": 3}))
-    env.step({"reset": True})
-    zero = np.zeros(3, np.float32)
-    env.step({"action": zero, "reset": False})
-    assert env.physics.data.time == pytest.approx(3 * 0.02)
-    env.close()
+def test_action_repeat_steps_the_physics_repeatedly_and_sums_rewards():
+    push = np.array([1.0, 0.3, 0.0], np.float32)
+    single = make_env(_config(**{"env.keys": NO_IMAGE}))
+    single.step({"reset": True})
+    rewards = [single.step({"action": push, "reset": False})["reward"] for _ in range(6)]
+    repeated = make_env(_config(**{"env.keys": NO_IMAGE, "env.action_repeat": 3}))
+    assert repeated.dt == pytest.approx(3 * single.dt)
+    repeated.step({"reset": True})
+    summed = [repeated.step({"action": push, "reset": False})["reward"] for _ in range(2)]
+    assert repeated.physics.data.time == pytest.approx(6 * 0.02)
+    np.testing.assert_allclose(summed, [sum(rewards[:3]), sum(rewards[3:])], rtol=1e-5)
+    single.close()
+    repeated.close()
+
+
+def test_egl_device_selection(monkeypatch):
+    from dreamer_rodent.env import select_egl_device
+
+    monkeypatch.delenv("MUJOCO_EGL_DEVICE_ID", raising=False)
+    assert select_egl_device(_config(**{"env.egl_device": 2}), 0) == 2
+    monkeypatch.setenv("MUJOCO_EGL_DEVICE_ID", "1")
+    assert select_egl_device(_config(), 5) == 1  # a user's choice wins over the worker index
 
 
 def test_keys_without_image_render_nothing(monkeypatch):
