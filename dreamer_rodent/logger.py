@@ -1,0 +1,181 @@
+"""Training output a researcher reads: metrics.jsonl, TensorBoard, videos, a progress bar.
+
+`metrics.jsonl` is the durable record (one JSON object per write, with `step`),
+readable without TensorBoard; TensorBoard (through tensorboardX) gets the same
+scalars plus videos. Videos are encoded as animated GIF image summaries (what
+TensorBoard shows; tensorboardX's own add_video needs moviepy, which we do not
+depend on) and also saved as MP4 under `videos/`.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import math
+import pathlib
+import sys
+import time
+import warnings
+from typing import Mapping
+
+import numpy as np
+
+
+class Averages:
+    """Accumulates values between writes; `result()` gives the mean of each and resets."""
+
+    def __init__(self):
+        self._sums: dict[str, float] = collections.defaultdict(float)
+        self._counts: dict[str, int] = collections.defaultdict(int)
+
+    def add(self, metrics: Mapping[str, float], prefix: str = "") -> None:
+        for key, value in metrics.items():
+            value = np.asarray(value)
+            if value.size != 1 or not np.issubdtype(value.dtype, np.number) and value.dtype != bool:
+                continue
+            value = float(value.reshape(()))
+            if math.isfinite(value):
+                self._sums[prefix + key] += value
+                self._counts[prefix + key] += 1
+
+    def result(self) -> dict[str, float]:
+        out = {k: self._sums[k] / self._counts[k] for k in self._sums if self._counts[k]}
+        self._sums.clear()
+        self._counts.clear()
+        return out
+
+
+def _gif(frames: np.ndarray, fps: float) -> bytes:
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    stream = io.BytesIO()
+    images[0].save(stream, format="GIF", save_all=True, append_images=images[1:],
+                   duration=max(20, int(1000 / fps)), loop=0)
+    return stream.getvalue()
+
+
+def video_grid(frames: np.ndarray) -> np.ndarray:
+    """[T,H,W,C] or [B,T,H,W,C] (uint8 or float in [0,1]) -> uint8 [T,H,B*W,3]."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8)
+    if frames.ndim == 4:
+        frames = frames[None]
+    if frames.ndim != 5:
+        raise ValueError(f"a video needs shape [T,H,W,C] or [B,T,H,W,C], got {frames.shape}.")
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, -1)
+    b, t, h, w, c = frames.shape
+    return frames.transpose(1, 2, 0, 3, 4).reshape(t, h, b * w, c)
+
+
+class Logger:
+    """Writes scalars to metrics.jsonl and TensorBoard, videos to TensorBoard and videos/."""
+
+    def __init__(self, logdir, tensorboard: bool = True, fps: float = 25, process_index: int = 0):
+        self.logdir = pathlib.Path(logdir)
+        self.fps = float(fps)
+        self.enabled = process_index == 0  # one writer per multi-host run
+        self._jsonl = None
+        self._writer = None
+        if not self.enabled:
+            return
+        self._jsonl = open(self.logdir / "metrics.jsonl", "a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.logdir), flush_secs=30)
+
+    def scalars(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled or not metrics:
+            return
+        clean = {}
+        for key, value in sorted(metrics.items()):
+            value = float(value)
+            clean[key] = value if math.isfinite(value) else str(value)  # JSON has no NaN
+        self._jsonl.write(json.dumps({"step": int(step), "time": round(time.time(), 3), **clean}) + "\n")
+        self._jsonl.flush()
+        if self._writer is not None:
+            for key, value in metrics.items():
+                self._writer.add_scalar(key, float(value), int(step))
+
+    def video(self, step: int, name: str, frames: np.ndarray) -> None:
+        """Logs a video ([T,H,W,C] or [B,T,H,W,C]; batch entries side by side)."""
+        if not self.enabled:
+            return
+        grid = video_grid(frames)
+        if grid.shape[1] < 64:  # tiny debug images are unreadable at 1:1
+            factor = int(math.ceil(64 / grid.shape[1]))
+            grid = grid.repeat(factor, 1).repeat(factor, 2)
+        if self._writer is not None:
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            image = Summary.Image(height=grid.shape[1], width=grid.shape[2], colorspace=3,
+                                  encoded_image_string=_gif(grid, self.fps))
+            summary = Summary(value=[Summary.Value(tag=name, image=image)])
+            self._writer._get_file_writer().add_summary(summary, int(step))
+        try:
+            from dreamer_rodent.video import write_video
+
+            folder = self.logdir / "videos"
+            folder.mkdir(exist_ok=True)
+            with warnings.catch_warnings():
+                # ffmpeg runs as fork+exec; JAX's generic fork warning does not apply to it.
+                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+                write_video(folder / f"{name.replace('/', '_')}_{int(step):09d}.mp4", list(grid), self.fps)
+        except Exception as error:  # noqa: BLE001 - a video must never stop training
+            warnings.warn(f"could not write the MP4 of {name}: {error}", stacklevel=2)
+
+    def flush(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.flush()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class Progress:
+    """A tqdm bar over env steps with fps, recent return, success rate and ETA.
+
+    Off when `enabled` is false or stderr is not a terminal (logs stay clean in
+    batch jobs; metrics.jsonl has the same numbers).
+    """
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True):
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=int(total), initial=int(initial), unit="step", dynamic_ncols=True,
+                             smoothing=0.05, desc="train")
+        self._step = int(initial)
+
+    def update(self, step: int, **info) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(max(0, int(step) - self._step))
+        self._step = int(step)
+        if info:
+            self._bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in info.items()},
+                                  refresh=False)
+
+    def write(self, text: str) -> None:
+        """Prints a line without breaking the bar."""
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

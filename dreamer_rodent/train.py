@@ -1,0 +1,496 @@
+"""Training entry point: `python -m dreamer_rodent.train --task rodent_goto [--configs ...] [--logdir DIR]`.
+
+The loop a researcher leaves running overnight: envs in worker processes, a
+batched policy, uniform replay at a fixed train ratio, metrics to
+metrics.jsonl and TensorBoard, and checkpoints every `run.save_every` seconds
+and on SIGINT/SIGTERM. Rerunning the same command with the same `--logdir`
+resumes from the newest complete checkpoint. Every check that can fail on user
+input (task, devices, batch split, logdir, checkpoint compatibility) runs before
+anything is written, so a bad command leaves an existing run untouched.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import math
+import os
+import pathlib
+import signal
+import sys
+import tempfile
+import time
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+from dreamer_rodent import checkpoint as ckpt
+from dreamer_rodent.config import Config, ConfigError, parse_args
+from dreamer_rodent.driver import Driver, Recent, agent_obs
+from dreamer_rodent.logger import Averages, Logger, Progress
+from dreamer_rodent.replay import Replay
+
+STATE_VERSION = 1
+
+
+class RunError(RuntimeError):
+    """The run cannot start or continue; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------
+# Checks that run before anything is written.
+
+
+def check_config(config: Config) -> None:
+    """Values that would fail later, reported now with the key to change."""
+    from tasks import registry
+
+    registry.get(config.task)  # UnknownTaskError naming the closest task
+    rules = [
+        ("run.steps", config.run.steps > 0, "> 0"),
+        ("run.envs", config.run.envs >= 1, ">= 1"),
+        ("run.train_ratio", config.run.train_ratio > 0, "> 0"),
+        ("run.prefill", config.run.prefill >= 0, ">= 0"),
+        ("run.save_every", config.run.save_every > 0, "> 0 seconds"),
+        ("run.log_every", config.run.log_every > 0, "> 0 seconds"),
+        ("run.keep_checkpoints", config.run.keep_checkpoints >= 1, ">= 1"),
+        ("run.max_nonfinite", config.run.max_nonfinite >= 1, ">= 1"),
+        ("batch_size", config.batch_size >= 1, ">= 1"),
+        ("batch_length", config.batch_length >= 2, ">= 2"),
+        ("replay.chunk", config.replay.chunk >= 1, ">= 1"),
+        ("replay.capacity", config.replay.capacity >= config.batch_length, ">= batch_length"),
+    ]
+    for key, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"config key '{key}' must be {rule}, got {config[key]!r}.")
+
+
+def resolve_logdir(config: Config, now: datetime.datetime | None = None) -> pathlib.Path:
+    """`--logdir` as given, or a new `./logdir/<UTC time>_<task>` when empty."""
+    if config.logdir:
+        return pathlib.Path(config.logdir).expanduser().resolve()
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return (pathlib.Path("logdir") / f"{now:%Y%m%d_%H%M%S}_{config.task}").resolve()
+
+
+def check_writable(rundir: pathlib.Path) -> None:
+    """The run directory (or its nearest existing parent) must be writable by us."""
+    probe = rundir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise RunError(f"cannot use logdir {rundir}: {probe} is a file, not a directory. Choose another --logdir.")
+    try:  # os.access says yes to root even on read-only mounts: try a real file
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".write_test_")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as error:
+        raise RunError(
+            f"cannot write to logdir {rundir}: {probe} is not writable ({error.strerror}). Choose a writable "
+            "--logdir (or fix its permissions)."
+        ) from None
+
+
+def find_resume(rundir: pathlib.Path, config: Config, keep: int):
+    """The checkpoint to resume from (metadata only), after checking the config fits it."""
+    if not rundir.exists():
+        return None
+    saver = ckpt.Checkpointer(rundir, keep)
+    latest = saver.latest()
+    if latest is not None:
+        old = Config.load(latest / "config.yaml") if (latest / "config.yaml").exists() else None
+        if old is not None:
+            ckpt.check_compatible(old, config, latest)
+        return latest
+    if (rundir / "config.yaml").exists():
+        ckpt.check_compatible(Config.load(rundir / "config.yaml"), config, rundir / "config.yaml")
+    return None
+
+
+class RunLock:
+    """One trainer per run directory: a second one would interleave checkpoints."""
+
+    def __init__(self, rundir: pathlib.Path):
+        import fcntl
+
+        self.path = rundir / ".lock"
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            self.file.close()
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunError(
+                    f"another training process is using {rundir} (it holds {self.path}). Stop it first, or "
+                    "choose another --logdir."
+                ) from None
+            raise
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self):
+        self.file.close()
+
+
+# ---------------------------------------------------------------------------
+# Pieces the loop is built from (module-level so tools and tests can reuse them).
+
+
+def make_envs(config: Config):
+    from dreamer_rodent.parallel import BatchEnv
+
+    return BatchEnv(config)
+
+
+def make_agent(obs_space, act_space, config: Config, mesh):
+    from dreamer_rodent.agent import Agent
+
+    return Agent(obs_space, act_space, config, mesh=mesh)
+
+
+def _finite(metrics) -> bool:
+    for key, value in metrics.items():
+        value = np.asarray(value)
+        if value.size == 1 and np.issubdtype(value.dtype, np.floating) and not np.isfinite(value):
+            if "loss" in key or key.endswith("/total") or "grad" in key:
+                return False
+    return True
+
+
+class Trainer:
+    """The training loop and the state it checkpoints."""
+
+    def __init__(self, config: Config, rundir: pathlib.Path, mesh, resume_from=None, process_index: int = 0,
+                 say=print):
+        self.config = config
+        self.rundir = rundir
+        self.mesh = mesh
+        self.process_index = process_index
+        self.say = say
+        self.batch_size = int(config.batch_size)
+        self.length = int(config.batch_length)
+        self.counters = {"env_steps": 0, "train_steps": 0, "episodes": 0, "train_start": int(config.run.prefill),
+                         "nonfinite": 0}
+        self.stop_reason: str | None = None
+        self.saver = ckpt.Checkpointer(rundir, int(config.run.keep_checkpoints))
+        self.replay = Replay(self.length, int(config.replay.capacity), int(config.replay.chunk), seed=int(config.seed))
+        self.envs = None
+        self.logger = None
+        try:
+            self.envs = make_envs(config)
+            self.obs_space = {k: v for k, v in self.envs.obs_space.items() if not k.startswith("log/")}
+            self.act_space = {k: v for k, v in self.envs.act_space.items() if k != "reset"}
+            self.agent = make_agent(self.obs_space, self.act_space, config, mesh)
+            self.driver = Driver(self.envs, seed=int(config.seed) * 7919 + 1 + process_index)
+            self.resumed = None
+            if resume_from is not None:
+                self._resume()
+            elif config.run.from_checkpoint:
+                self._warm_start(config.run.from_checkpoint)
+            self.logger = Logger(rundir, bool(config.logging.tensorboard), float(config.logging.video_fps),
+                                 process_index)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- checkpoint state -------------------------------------------------
+
+    def state(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "counters": dict(self.counters),
+            "rng": {"driver": self.driver.rng.bit_generator.state},
+            "curriculum": self.envs.curriculum_states(),
+            "obs_space": {k: v.to_dict() for k, v in self.obs_space.items()},
+            "act_space": {k: v.to_dict() for k, v in self.act_space.items()},
+            "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def save(self) -> pathlib.Path | None:
+        if self.process_index != 0:
+            return None
+        start = time.monotonic()
+        arrays = self.agent.save()
+        if self.counters["nonfinite"] == 0:
+            self._good = arrays
+        path = self.saver.save(self.counters["env_steps"], arrays, self.state(), self.config, self.replay)
+        self.logger and self.logger.scalars(self.counters["env_steps"], {"checkpoint/seconds": time.monotonic() - start})
+        return path
+
+    def _resume(self) -> None:
+        loaded = self.saver.load_latest()
+        if loaded is None:
+            return
+        ckpt.check_compatible(loaded.config, self.config, loaded.path)
+        ckpt.check_arrays(loaded.arrays, self.agent.save(), loaded.path)
+        self.agent.load(loaded.arrays)
+        state = loaded.state
+        self.counters.update({k: int(v) for k, v in state["counters"].items()})
+        self.driver.rng.bit_generator.state = state["rng"]["driver"]
+        curriculum = list(state.get("curriculum") or [])
+        if curriculum and any(s is not None for s in curriculum):
+            if len(curriculum) != len(self.envs):
+                warnings.warn(
+                    f"the checkpoint has curriculum states for {len(curriculum)} envs, this run has "
+                    f"{len(self.envs)}; reusing them in turn.", stacklevel=2)
+                curriculum = [curriculum[i % len(curriculum)] for i in range(len(self.envs))]
+            self.envs.load_curriculum_states(curriculum)
+        loaded.load_replay(self.replay)
+        self.resumed = loaded
+        self.say(
+            f"Resumed from {loaded.path} at env step {self.counters['env_steps']} "
+            f"(train step {self.counters['train_steps']}, {self.counters['episodes']} episodes, "
+            f"replay {len(self.replay)} steps, curriculum {_levels(curriculum)})."
+        )
+
+    def _warm_start(self, path) -> None:
+        loaded = ckpt.load(path)
+        ckpt.check_arrays(loaded.arrays, self.agent.save(), loaded.path)
+        self.agent.load(loaded.arrays)
+        self.say(f"Warm start: agent weights from {loaded.path} (step {loaded.step}); counters and replay start fresh.")
+
+    # ---- the loop ---------------------------------------------------------
+
+    def run(self, stop_flag) -> str:
+        """Trains until run.steps env steps or a stop; returns why it stopped."""
+        config = self.config
+        total = int(config.run.steps)
+        per_train = self.batch_size * self.length
+        ratio = float(config.run.train_ratio)
+        streams = [self.process_index * len(self.envs) + i for i in range(len(self.envs))]
+        progress = Progress(total, self.counters["env_steps"], bool(config.run.progress) and self.process_index == 0)
+        averages, recent = Averages(), Recent(20)
+        timers = {"log": time.monotonic(), "save": time.monotonic(), "video": time.monotonic()}
+        policy_time = train_time = 0.0
+        policy_steps = train_steps = 0
+        self._good = self.agent.save()
+        pcarry = self.agent.init_policy(len(self.envs))
+        tcarry = self.agent.init_train(self.batch_size)
+        self.driver.reset()
+        reason = "done"
+
+        def policy(obs):
+            nonlocal pcarry
+            if self.counters["env_steps"] < self.counters["train_start"]:
+                return self.driver.random_actions()
+            pcarry, act = self.agent.policy(pcarry, agent_obs(obs), mode="train")
+            return {"action": np.asarray(act["action"])}
+
+        try:
+            while self.counters["env_steps"] < total:
+                if stop_flag():
+                    reason = "signal"
+                    break
+                start = time.monotonic()
+                transition, finished = self.driver.step(policy)
+                self.replay.add_batch(agent_obs(transition), streams)
+                self.counters["env_steps"] += len(self.envs)
+                policy_time += time.monotonic() - start
+                policy_steps += len(self.envs)
+                for episode in finished:
+                    self.counters["episodes"] += 1
+                    averages.add({"episode/score": episode["score"], "episode/length": episode["length"],
+                                  "episode/success": episode["success"]})
+                    for key, value in episode.items():
+                        if key.startswith("curriculum_"):  # log/curriculum_level -> curriculum/level
+                            averages.add({f"curriculum/{key[len('curriculum_'):]}": value})
+                        elif key not in ("env", "score", "length", "success"):
+                            averages.add({f"episode/{key}": value})
+                    recent.add("score", episode["score"])
+                    recent.add("success", episode["success"])
+
+                steps = self.counters["env_steps"]
+                if steps >= self.counters["train_start"] and self.replay.can_sample():
+                    target = (steps - self.counters["train_start"]) * ratio / per_train
+                    start = time.monotonic()
+                    while self.counters["train_steps"] < target:
+                        batch = self.replay.sample(self.batch_size)
+                        tcarry, metrics = self.agent.train(tcarry, batch)
+                        self.counters["train_steps"] += 1
+                        train_steps += 1
+                        if _finite(metrics):
+                            self.counters["nonfinite"] = 0
+                            averages.add(metrics, prefix="train/")
+                        else:
+                            # The agent applies every update, so undo it: back to the last good snapshot.
+                            self.agent.load(self._good)
+                            self.counters["nonfinite"] += 1
+                            averages.add({"train/nonfinite_skipped": 1.0})
+                            progress.write(
+                                f"warning: non-finite loss at train step {self.counters['train_steps']} "
+                                f"({self.counters['nonfinite']} in a row); the update was undone (parameters "
+                                f"restored from the last good snapshot).")
+                            if self.counters["nonfinite"] >= int(config.run.max_nonfinite):
+                                reason = "nonfinite"
+                                break
+                    train_time += time.monotonic() - start
+                    if reason == "nonfinite":
+                        break
+
+                now = time.monotonic()
+                if now - timers["log"] >= float(config.run.log_every):
+                    if self.counters["nonfinite"] == 0:
+                        self._good = self.agent.save()  # what a non-finite update rolls back to
+                    self._log(averages, policy_steps, policy_time, train_steps * per_train, train_time)
+                    policy_time = train_time = 0.0
+                    policy_steps = train_steps = 0
+                    timers["log"] = now
+                if now - timers["video"] >= float(config.run.video_every) and self.replay.can_sample():
+                    self._videos()
+                    timers["video"] = now
+                if now - timers["save"] >= float(config.run.save_every):
+                    self.save()
+                    timers["save"] = time.monotonic()
+                progress.update(steps, fps=policy_steps / policy_time if policy_time else 0.0,
+                                ret=recent.mean("score") or 0.0, success=recent.mean("success") or 0.0)
+            self._log(averages, policy_steps, policy_time, train_steps * per_train, train_time)
+            if reason == "nonfinite":
+                # The bad updates were undone, so the agent holds the last good parameters.
+                self.counters["nonfinite"] = 0
+                path = self.save()
+                self.counters["nonfinite"] = int(config.run.max_nonfinite)
+                raise RunError(
+                    f"{self.counters['nonfinite']} consecutive updates had a non-finite loss (run.max_nonfinite="
+                    f"{config.run.max_nonfinite}); stopped at env step {self.counters['env_steps']}. The last good "
+                    f"state is in {path}. Lower agent.opt.lr, check the reward scale, or run with "
+                    "--jax.debug_nans True to find the source.")
+            self.save()
+            return reason
+        finally:
+            progress.close()
+
+    def _log(self, averages, policy_steps, policy_time, replayed, train_time) -> None:
+        metrics = averages.result()
+        metrics["fps/policy"] = policy_steps / policy_time if policy_time > 0 else 0.0
+        metrics["fps/train"] = replayed / train_time if train_time > 0 else 0.0
+        metrics["replay/size"] = len(self.replay)
+        metrics["replay/bytes"] = self.replay.nbytes
+        metrics["counters/train_steps"] = self.counters["train_steps"]
+        metrics["counters/episodes"] = self.counters["episodes"]
+        self.logger.scalars(self.counters["env_steps"], metrics)
+
+    def _videos(self) -> None:
+        step = self.counters["env_steps"]
+        video = self.driver.episodes.last_video
+        if video is None and self.driver.episodes.frames:
+            video = np.stack(self.driver.episodes.frames)
+        if video is not None:
+            self.logger.video(step, "rollout/image", video)
+        try:
+            report = self.agent.report(self.replay.sample(self.batch_size))
+        except Exception as error:  # noqa: BLE001 - a failed summary must not end a long run
+            warnings.warn(f"agent.report failed: {error}", stacklevel=2)
+            return
+        scalars = {}
+        for key, value in report.items():
+            value = np.asarray(value)
+            if value.dtype == np.uint8 and value.ndim >= 4:
+                self.logger.video(step, key, value[:4] if value.ndim == 5 else value)
+            elif value.size == 1:
+                scalars[f"report/{key}"] = float(value.reshape(()))
+        self.logger.scalars(step, scalars)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        if self.envs is not None:
+            self.envs.close()
+            self.envs = None
+
+
+def _levels(states) -> str:
+    levels = []
+    for state in states or []:
+        if isinstance(state, dict) and "level" in state:
+            levels.append(state["level"])
+    return f"levels {levels}" if levels else "no curriculum state"
+
+
+# ---------------------------------------------------------------------------
+# Entry point.
+
+
+def train(argv: Sequence[str]) -> str:
+    """Parses flags, checks everything, then trains. Raises on bad input."""
+    config, _ = parse_args(argv)
+    check_config(config)
+    # optax's own deprecation notices fire on every trace and bury the run's output.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"optax")
+    from dreamer_rodent import distributed
+
+    hosts = distributed.setup(config)
+    mesh = distributed.make_mesh(config)  # also checks batch_size against the devices
+    import jax
+
+    process_index = jax.process_index()
+    rundir = resolve_logdir(config)
+    check_writable(rundir)
+    resume_from = find_resume(rundir, config, int(config.run.keep_checkpoints))
+    config = config.update({"logdir": str(rundir)})
+
+    rundir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(rundir)
+    stop = {"signal": None}
+    previous = {}
+
+    def handler(signum, frame):
+        if stop["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        stop["signal"] = signal.Signals(signum).name
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    trainer = None
+    try:
+        if process_index == 0:
+            config.save(rundir / "config.yaml")
+        print(f"Run directory: {rundir}", flush=True)
+        print(f"Watch it with: tensorboard --logdir {rundir}   (or: tail -f {rundir / 'metrics.jsonl'})", flush=True)
+        devices = mesh.devices.size
+        hostinfo = f", process {hosts.process_id}/{hosts.num_processes} via {hosts.source}" if hosts else ""
+        print(f"Devices: {devices} x {mesh.devices.flat[0].platform} on mesh axis 'data'{hostinfo}.", flush=True)
+        if resume_from is None:
+            print("Starting a new run." if not config.run.from_checkpoint else "Starting a new run (warm start).",
+                  flush=True)
+        trainer = Trainer(config, rundir, mesh, resume_from=resume_from, process_index=process_index)
+        params = trainer.agent.param_count() if hasattr(trainer.agent, "param_count") else None
+        if params is not None:
+            print(f"Agent parameters: {params:,}.", flush=True)
+        reason = trainer.run(lambda: stop["signal"] is not None)
+        steps = trainer.counters["env_steps"]
+        if reason == "signal":
+            print(f"Stopped by {stop['signal']} at env step {steps}; checkpoint saved. Rerun the same command to "
+                  "resume.", flush=True)
+        else:
+            print(f"Finished {steps} env steps; checkpoint saved in {trainer.saver.latest()}.", flush=True)
+        return reason
+    finally:
+        if trainer is not None:
+            trainer.close()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        lock.release()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: 0 on success, 2 with a one-paragraph error on bad input."""
+    from dreamer_rodent.parallel import EnvWorkerError
+    from tasks.registry import UnknownTaskError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        train(argv)
+    except (ConfigError, ckpt.CheckpointError, UnknownTaskError, RunError, EnvWorkerError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
