@@ -9,11 +9,15 @@ most of the env's time without rendering). Here the targets have no substep
 hook; the task checks all targets once per control step against MuJoCo's
 contact arrays with numpy. A touch that starts and ends between two control
 steps (20 ms) is missed; at rodent speeds that needs a limb to cross a 10 cm
-sphere in under 20 ms, which does not happen.
+sphere in under 20 ms, which does not happen. Two more departures from the
+stock task: maze layouts follow the env seed (labmaze's seed came from numpy's
+global generator), and targets are not checked against the stale contacts of
+the pre-spawn pose at episode start (which could start a target collected).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -38,6 +42,12 @@ class FastTargetSphere(target_sphere.TargetSphere):
     """
 
     after_substep = composer.Entity.after_substep
+
+    def initialize_episode(self, physics, unused_random_state):
+        # The stock hook also scans contacts here, but they are stale: computed
+        # before the task respawned the walker, so a target near the walker's
+        # build pose would start the episode collected. The task checks instead.
+        self._geom_id = physics.model.name2id(self._geom.full_identifier, "geom")
 
     def activate(self, physics) -> None:
         self._activated = True
@@ -115,19 +125,20 @@ def build_maze_forage(walker_name: str, config, seed: int, scale: float = 1.0) -
     heights are scaled alike so that the task asks the same of it.
     """
     walker = base.make_walker(walker_name, config)
-    arena = mazes.RandomMazeWithTargets(
-        x_cells=11,
-        y_cells=11,
-        xy_scale=0.5 * scale,
-        z_height=0.3 * scale,
-        max_rooms=4,
-        room_min_size=4,
-        room_max_size=5,
-        spawns_per_room=1,
-        targets_per_room=3,
-        wall_textures=labmaze_textures.WallTextures(style="style_01"),
-        aesthetic="outdoor_natural",
-    )
+    with _global_numpy_seed(seed):  # labmaze's seed, hence every maze layout, follows the env seed
+        arena = mazes.RandomMazeWithTargets(
+            x_cells=11,
+            y_cells=11,
+            xy_scale=0.5 * scale,
+            z_height=0.3 * scale,
+            max_rooms=4,
+            room_min_size=4,
+            room_max_size=5,
+            spawns_per_room=1,
+            targets_per_room=3,
+            wall_textures=labmaze_textures.WallTextures(style="style_01"),
+            aesthetic="outdoor_natural",
+        )
     task = MazeForage(
         walker=walker,
         maze_arena=arena,
@@ -144,6 +155,21 @@ def build_maze_forage(walker_name: str, config, seed: int, scale: float = 1.0) -
         control_timestep=CONTROL_TIMESTEP,
     )
     return base.build(task, walker, config, seed, log_metrics=task.log_metrics)
+
+
+@contextlib.contextmanager
+def _global_numpy_seed(seed: int):
+    """Seeds numpy's global generator for a block, then restores it.
+
+    RandomMazeWithTargets draws labmaze's seed from the global generator, so the
+    stock task's mazes did not follow the env's seed.
+    """
+    state = np.random.get_state()
+    np.random.seed(int(seed) % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 @register(

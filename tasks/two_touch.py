@@ -39,6 +39,10 @@ class FastTwoTouchTarget(target_sphere.TargetSphereTwoTouch):
 
     after_substep = composer.Entity.after_substep
 
+    def initialize_episode(self, physics, unused_random_state):
+        # No contact scan here: contacts are stale until the episode's first step.
+        self._geom_id = physics.model.name2id(self._geom.full_identifier, "geom")
+
     def touch(self, physics) -> None:
         """The stock activation logic for a paw contact observed now."""
         if self._touched_once and self._touched_twice:

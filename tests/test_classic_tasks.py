@@ -109,6 +109,14 @@ def test_collecting_every_target_ends_the_maze_as_terminal():
     assert build.log_metrics(physics)["targets_fraction"] == 1.0
 
 
+def test_maze_layout_follows_the_seed():
+    a, b, c = _build("rodent_maze_forage", seed=3), _build("rodent_maze_forage", seed=3), _build("rodent_maze_forage", seed=4)
+    layout = [x.env.task._maze_arena.maze.entity_layer for x in (a, b, c)]  # noqa: SLF001
+    assert str(layout[0]) == str(layout[1]) and str(layout[0]) != str(layout[2])
+    a.env.reset(), b.env.reset()  # and so do the next episodes' mazes
+    assert str(a.env.task._maze_arena.maze.entity_layer) == str(b.env.task._maze_arena.maze.entity_layer)  # noqa: SLF001
+
+
 def test_mouse_maze_is_scaled_to_the_mouse():
     rat, mouse = _build("rodent_maze_forage"), _build("mouse_maze_forage")
     rat_radius = rat.env.physics.bind(rat.env.task.targets[0].geom).size[0]
