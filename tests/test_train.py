@@ -1,0 +1,258 @@
+"""End-to-end training with the real env (ball_goto) and the real agent (debug preset).
+
+Runs `python -m dreamer_rodent.train` as a user would (subprocesses, signals,
+the same run directory twice) and checks what lands in the run directory.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from dreamer_rodent.train import main
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Short episodes so that a few hundred steps finish several of them.
+FAST = ["--task", "ball_goto", "--configs", "debug", "--env.time_limit", "1.0", "--run.progress", "false"]
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("XLA_FLAGS", None)
+    env.update(extra)
+    return env
+
+
+def _run(args, timeout=170, **env):
+    return subprocess.run([sys.executable, "-m", "dreamer_rodent.train", *args], cwd=ROOT, env=_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _events(rundir):
+    """Scalar tags and image (video) tags from the TensorBoard event files (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars, images = {}, set()
+    for path in pathlib.Path(rundir).glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    images.add(value.tag)
+                else:
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars, images
+
+
+def _tree_digest(path):
+    """Every file under `path` with its sha256, to prove a failed command changed nothing."""
+    out = {}
+    for file in sorted(pathlib.Path(path).rglob("*")):
+        if file.is_file():
+            out[str(file.relative_to(path))] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    rundir = tmp_path_factory.mktemp("runs") / "tiny"
+    start = time.monotonic()
+    result = _run([*FAST, "--logdir", str(rundir), "--run.steps", "300", "--run.log_every", "1",
+                   "--run.video_every", "3"])
+    return rundir, result, time.monotonic() - start
+
+
+def test_tiny_run_writes_checkpoint_metrics_and_tensorboard(finished_run):
+    rundir, result, seconds = finished_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert seconds < 120, f"the tiny run took {seconds:.0f} s"
+    assert f"Run directory: {rundir}" in result.stdout
+    assert f"tensorboard --logdir {rundir}" in result.stdout
+    assert "Finished 300 env steps" in result.stdout
+
+    assert (rundir / "config.yaml").exists()
+    latest = (rundir / "checkpoints" / "latest").read_text().strip()
+    assert latest == "ckpt_000000300"
+    state = json.loads((rundir / "checkpoints" / latest / "state.json").read_text())
+    assert state["counters"]["env_steps"] == 300
+    # (300 - 64 prefill) env steps * train ratio 32 / (4 x 16 replayed steps per update)
+    assert state["counters"]["train_steps"] == int(np.ceil((300 - 64) * 32 / 64))
+
+    lines = [json.loads(line) for line in (rundir / "metrics.jsonl").read_text().splitlines()]
+    assert all("step" in line for line in lines)
+    keys = set().union(*lines)
+    for key in ["episode/score", "episode/length", "episode/success", "curriculum/level", "fps/policy",
+                "fps/train", "replay/size", "replay/bytes", "train/loss/total", "train/loss/world_model"]:
+        assert key in keys, key
+    assert lines[-1]["step"] == 300 or lines[-2]["step"] == 300
+
+    scalars, images = _events(rundir)
+    for tag in ["episode/score", "episode/length", "episode/success", "curriculum/level", "fps/policy", "fps/train",
+                "replay/size", "replay/bytes", "train/loss/total", "train/loss/rec_image", "train/loss/dyn"]:
+        assert tag in scalars, tag
+    assert all(np.isfinite(v) for _, v in scalars["train/loss/total"])
+    assert {"rollout/image", "openloop/image"} <= images
+    assert any(p.suffix == ".mp4" for p in (rundir / "videos").iterdir())
+
+
+def _wait_for(predicate, timeout, proc=None, what=""):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run exited with {proc.returncode} while waiting for {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _latest_step(rundir):
+    pointer = rundir / "checkpoints" / "latest"
+    return int(pointer.read_text().strip().split("_")[1]) if pointer.exists() else 0
+
+
+def test_sigkill_then_resume_keeps_step_curriculum_and_replay_and_sigterm_saves(tmp_path):
+    rundir = tmp_path / "killed"
+    # A huge success radius: every episode succeeds, so the curriculum climbs one level per episode.
+    args = [*FAST, "--logdir", str(rundir), "--run.steps", "1e6", "--run.save_every", "1",
+            "--task_kwargs.success_radius", "1.0", "--task_kwargs.curriculum_window", "1",
+            "--task_kwargs.curriculum_threshold", "0.5"]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "dreamer_rodent.train", *args], cwd=ROOT, env=_env(),
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: _latest_step(rundir) >= 220, 150, proc, "a checkpoint past step 220")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    from dreamer_rodent import checkpoint as ckpt
+
+    saved = ckpt.Checkpointer(rundir).load_latest(arrays=False)
+    levels = [s["level"] for s in saved.state["curriculum"]]
+    assert max(levels) >= 1, levels  # the curriculum moved, so restoring it is observable
+    replay_steps = sum(e["size"] for e in saved.replay["chunks"])
+
+    out = open(tmp_path / "second.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "dreamer_rodent.train", *args], cwd=ROOT, env=_env(),
+                            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        text = lambda: (tmp_path / "second.log").read_text()
+        _wait_for(lambda: "Resumed from" in text(), 120, proc, "the resume message")
+        line = next(x for x in text().splitlines() if x.startswith("Resumed from"))
+        assert f"Resumed from {saved.path} at env step {saved.step} " in line
+        assert f"replay {replay_steps} steps" in line
+        assert f"curriculum levels {levels}" in line
+        # Let it train past the resume point, then ask it to stop.
+        _wait_for(lambda: _latest_step(rundir) > saved.step + 20, 120, proc, "a checkpoint after the resume")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = [x for x in text().splitlines() if x.startswith("Stopped by SIGTERM at env step")]
+    assert stopped, text()[-3000:]
+    step = int(stopped[0].split("env step ")[1].split(";")[0])
+    final = ckpt.load(rundir / "checkpoints" / f"ckpt_{step:09d}", arrays=False)
+    assert final.state["counters"]["env_steps"] == step > saved.step
+    assert all(s["level"] >= old for s, old in zip(final.state["curriculum"], levels))
+    assert sum(e["size"] for e in final.replay["chunks"]) == min(step, 10_000)
+    assert not any(".tmp" in p.name for p in (rundir / "checkpoints").iterdir())
+
+
+def test_unknown_task_fails_before_writing(tmp_path, capsys):
+    rundir = tmp_path / "run"
+    assert main(["--task", "ball_gotoo", "--configs", "debug", "--logdir", str(rundir)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'ball_gotoo'. Did you mean 'ball_goto'?" in err
+    assert not rundir.exists()
+
+
+def test_unwritable_logdir_is_reported(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert main([*FAST, "--logdir", str(blocker / "run")]) == 2
+    assert f"{blocker} is a file, not a directory" in capsys.readouterr().err
+    assert blocker.read_text() == "not a directory"
+    if os.geteuid() != 0:  # root writes through permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert main([*FAST, "--logdir", str(locked / "run")]) == 2
+        assert "is not writable" in capsys.readouterr().err
+
+
+def test_mismatched_checkpoint_names_keys_and_changes_nothing(finished_run, capsys):
+    rundir, result, _ = finished_run
+    assert result.returncode == 0
+    before = _tree_digest(rundir)
+    assert main([*FAST, "--logdir", str(rundir), "--agent.rssm.deter", "48", "--env.image_size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "agent.rssm.deter: checkpoint 32, now 48" in err
+    assert "env.image_size: checkpoint 16, now 32" in err
+    assert "another --logdir" in err
+    assert _tree_digest(rundir) == before
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    rundir = tmp_path / "run"
+    result = _run([*FAST, "--logdir", str(rundir), "--batch_size", "6"], timeout=60,
+                  XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    assert result.returncode == 2
+    assert "batch_size=6 does not divide over 4 devices" in result.stderr
+    assert "--batch_size 4 or 8" in result.stderr
+    assert not rundir.exists()
+
+
+MESH_CHECK = textwrap.dedent("""
+    import numpy as np
+    from dreamer_rodent.config import build_config
+    from dreamer_rodent import distributed
+    from dreamer_rodent.driver import Driver, agent_obs
+    from dreamer_rodent.replay import Replay
+
+    if __name__ == "__main__":
+        config = build_config(["debug"], {"env.time_limit": 1.0, "run.env_parallel": "none"})
+        distributed.setup(config)
+        meshes = {n: distributed.make_mesh(config.update({"jax.devices": n})) for n in (1, 4)}
+        assert meshes[4].devices.size == 4 and meshes[1].devices.size == 1
+        from dreamer_rodent.parallel import BatchEnv
+        from dreamer_rodent.agent import Agent
+        envs = BatchEnv(config)
+        driver, replay = Driver(envs, seed=0), Replay(16, 1000, 64, seed=0)
+        for _ in range(40):
+            transition, _ = driver.step(driver.random_actions)
+            replay.add_batch(agent_obs(transition))
+        batch = replay.sample(4)
+        obs_space = {k: v for k, v in envs.obs_space.items() if not k.startswith("log/")}
+        act_space = {"action": envs.act_space["action"]}
+        for n, mesh in meshes.items():
+            agent = Agent(obs_space, act_space, config, mesh=mesh)
+            _, metrics = agent.train(agent.init_train(4), batch)
+            print(f"LOSS {n} {metrics['loss/total']:.8f} {metrics['loss/world_model']:.8f}")
+        envs.close()
+""")
+
+
+def test_same_train_step_on_four_devices_as_on_one(tmp_path):
+    script = tmp_path / "mesh_check.py"
+    script.write_text(MESH_CHECK)
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=170,
+                            env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = {int(x.split()[1]): [float(v) for v in x.split()[2:]] for x in result.stdout.splitlines()
+              if x.startswith("LOSS")}
+    assert set(losses) == {1, 4}
+    np.testing.assert_allclose(losses[4], losses[1], rtol=1e-4)
