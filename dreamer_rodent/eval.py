@@ -67,6 +67,7 @@ class Episode:
     final_distance: float | None = None
     min_distance: float | None = None
     level: int | None = None
+    targets: int | None = None
     frames: int = 0
     obs: list = dataclasses.field(default_factory=list)
     actions: list = dataclasses.field(default_factory=list)
@@ -81,6 +82,7 @@ class Episode:
             "final_distance": self.final_distance,
             "min_distance": self.min_distance,
             "level": self.level,
+            "targets_reached": self.targets,
         }
 
 
@@ -103,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", default="640x480", help="video frame size WIDTHxHEIGHT (made even; default 640x480)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--level", type=int, default=None, help="pin this curriculum level (default: the level training reached)")
-    where.add_argument("--distance", type=float, default=None, help="target distance in metres (replaces the curriculum levels)")
+    where.add_argument("--distance", type=float, default=None,
+                       help="targets up to METRES away, drawn as in training (one curriculum level of that distance)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=True, help="the policy's mode action (default)")
     mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions as in training")
@@ -186,18 +189,13 @@ def eval_config(run_config: Config, args: EvalArgs, trained_level: int | None = 
     updates: dict[str, Any] = {"run.envs": 1}
     if args.seed is not None:
         updates["seed"] = args.seed
-    kwargs = config.task_kwargs
-    levels = list(kwargs.get("curriculum_levels", ()) or ())
+    levels = list(config.task_kwargs.curriculum_levels)
     if args.distance is not None:
-        if "curriculum_levels" not in kwargs:
-            raise EvalError(f"--distance: task '{config.task}' has no target distances (no task_kwargs.curriculum_levels).")
         updates["task_kwargs.curriculum_levels"] = [float(args.distance)]
         updates["task_kwargs.level"] = 0
     elif args.level is not None or trained_level is not None:
         level = args.level if args.level is not None else trained_level
-        if "level" not in kwargs:
-            raise EvalError(f"--level: task '{config.task}' has no curriculum (no task_kwargs.level).")
-        if levels and level >= len(levels):
+        if level >= len(levels):
             raise EvalError(
                 f"--level {level} does not exist: this run has {len(levels)} levels "
                 f"(0-{len(levels) - 1}, target distances {levels} m); or pass --distance METRES."
@@ -226,12 +224,14 @@ def run_episodes(
     init_carry: Callable[[], Any],
     episodes: int,
     on_step: Callable[[Episode, dict, int], None] | None = None,
-    keep_sequences: bool = False,
+    keep: tuple[int, int] = (0, 0),
 ) -> list[Episode]:
     """Rolls out whole episodes; `on_step(episode, obs, step)` sees every observation.
 
     Step 0 is the episode's first observation; the return and length count the
-    steps after it, so a video has length + 1 frames per episode.
+    steps after it, so a video has length + 1 frames per episode. `keep =
+    (episodes, steps)` records the agent's observations and actions of the first
+    steps of the first episodes (for --dream), and no more, to bound memory.
     """
     act_space = env.act_space
     zero_action = np.zeros(act_space["action"].shape, act_space["action"].dtype)
@@ -250,12 +250,12 @@ def run_episodes(
             if bool(obs["is_last"]):
                 break
             carry, action = act(carry, obs)
-            if keep_sequences:
+            if index < keep[0] and step < keep[1]:
                 episode.obs.append({k: np.asarray(v) for k, v in obs.items() if not k.startswith("log/")})
                 episode.actions.append(action)
             obs = env.step({"action": action, "reset": False})
             step += 1
-        if keep_sequences:  # the last observation has no action after it
+        if index < keep[0] and step < keep[1]:  # the last observation has no action after it
             episode.obs.append({k: np.asarray(v) for k, v in obs.items() if not k.startswith("log/")})
             episode.actions.append(np.zeros_like(zero_action))
         results.append(episode)
@@ -274,6 +274,9 @@ def _record(episode: Episode, obs: dict, step: int) -> None:
     if distance is not None:
         episode.final_distance = distance
         episode.min_distance = distance if episode.min_distance is None else min(episode.min_distance, distance)
+    targets = _scalar(obs, "log/targets_reached")
+    if targets is not None:
+        episode.targets = int(targets)
     level = _scalar(obs, "log/curriculum_level")
     level = _scalar(obs, "log/level") if level is None else level
     if level is not None:
@@ -287,7 +290,8 @@ def frame_text(episode: Episode, episodes: int, obs: dict, step: int) -> list[st
     if episode.final_distance is not None:
         lines.append(f"distance {episode.final_distance:.3f} m")
     if episode.success is not None:
-        lines.append("success " + ("yes" if episode.success else "no"))
+        reached = f" ({episode.targets} targets)" if episode.targets is not None else ""
+        lines.append("success " + ("yes" if episode.success else "no") + reached)
     if episode.level is not None:
         lines.append(f"level {episode.level}")
     return lines
@@ -354,7 +358,7 @@ def format_table(scores: dict) -> str:
 # Dream video.
 
 
-def dream_batch(episodes: Sequence[Episode], max_sequences: int = DREAM_SEQUENCES, length: int | None = None) -> dict:
+def dream_batch(episodes: Sequence[Episode], max_sequences: int = DREAM_SEQUENCES, length: int = DREAM_LENGTH) -> dict:
     """Stacks the start of up to `max_sequences` recorded episodes into a [B, T, ...] batch.
 
     All sequences are cut to the shortest one (and to `length` when given) so
@@ -363,9 +367,7 @@ def dream_batch(episodes: Sequence[Episode], max_sequences: int = DREAM_SEQUENCE
     chosen = [e for e in episodes if e.obs][:max_sequences]
     if not chosen:
         raise EvalError("--dream needs recorded episodes, but none were kept.")
-    steps = min(len(e.obs) for e in chosen)
-    if length:
-        steps = min(steps, length)
+    steps = min(min(len(e.obs) for e in chosen), length)
     if steps < 2:
         raise EvalError("--dream needs episodes of at least 2 steps; raise --env.time_limit.")
     batch = {key: np.stack([np.stack([o[key] for o in e.obs[:steps]]) for e in chosen]) for key in chosen[0].obs[0]}
@@ -408,15 +410,15 @@ def dream_frames(report: dict, image_key: str = "image", context: int | None = N
 
 
 def default_out(run_dir: pathlib.Path, checkpoint_name: str, config: Config, args: EvalArgs) -> pathlib.Path:
-    """`<run>/eval/<checkpoint>_<level>_<mode>_seed<seed>.mp4`: settings readable from the name."""
+    """`<run>/eval/<checkpoint>_<level or distance>_<det|stoch>_seed<seed>.mp4`: settings readable from the name."""
     if args.distance is not None:
         where = f"dist{args.distance:g}m"
-    elif int(config.task_kwargs.get("level", -1)) >= 0:
+    elif int(config.task_kwargs.level) >= 0:
         where = f"level{config.task_kwargs.level}"
-    else:
-        where = "curriculum"
-    mode = "det" if args.deterministic else "stoch"
-    return run_dir / "eval" / f"{checkpoint_name}_{where}_{mode}_seed{config.seed}.mp4"
+    else:  # a task without a curriculum
+        where = ""
+    parts = [checkpoint_name, where, "det" if args.deterministic else "stoch", f"seed{config.seed}"]
+    return run_dir / "eval" / ("_".join(p for p in parts if p) + ".mp4")
 
 
 @dataclasses.dataclass
@@ -485,6 +487,23 @@ def _with_defaults(config: Config) -> Config:
     known = defaults.flat()
     saved = {k: v for k, v in config.flat().items() if k in known and not isinstance(v, dict)}
     return defaults.update(saved)
+
+
+def _reseed_policy(arrays: dict, seed: int) -> dict:
+    """Replaces the saved policy RNG key so that --seed also varies --stochastic action noise.
+
+    `policy_key` is the name `Agent.save` gives the policy's key; a checkpoint
+    without it (or with another key layout) keeps its saved key.
+    """
+    saved = arrays.get("policy_key")
+    if saved is None:
+        return arrays
+    import jax
+
+    key = np.asarray(jax.random.PRNGKey(seed + 1))
+    if key.shape != np.shape(saved):
+        return arrays
+    return dict(arrays, policy_key=key.astype(np.asarray(saved).dtype))
 
 
 def control_fps(env) -> float:
@@ -566,7 +585,7 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, log) -> dict:
 
     agent = Agent(obs_space, act_space, config, mesh=None)
     try:
-        agent.load(loaded.arrays)
+        agent.load(_reseed_policy(loaded.arrays, int(config.seed)))
     except (KeyError, ValueError) as error:
         raise EvalError(f"the checkpoint's agent does not fit its own config: {error}") from None
     out = pathlib.Path(args.out).expanduser() if args.out else default_out(loaded.run_dir, loaded.name, config, args)
@@ -574,6 +593,9 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, log) -> dict:
         raise EvalError(f"--out {out}: the video must end in .mp4 (the scores go beside it as .json).")
     mode = "eval" if args.deterministic else "train"
     image_key = "image" if "image" in env.obs_space else None
+    if args.dream and image_key is None:
+        raise EvalError("--dream shows the world model's predicted images, but this run has no 'image' in env.keys; "
+                        "drop --dream.")
     level = config.task_kwargs.level if has_curriculum and args.distance is None else None
     where = (f"targets up to {args.distance:g} m" if args.distance is not None else
              f"curriculum level {level}" if level is not None and level >= 0 else "no curriculum")
@@ -602,8 +624,8 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, log) -> dict:
 
     start = time.time()
     try:
-        episodes = run_episodes(env, act, lambda: agent.init_policy(1), args.episodes, on_step,
-                                keep_sequences=args.dream)
+        keep = (DREAM_SEQUENCES, DREAM_LENGTH) if args.dream else (0, 0)
+        episodes = run_episodes(env, act, lambda: agent.init_policy(1), args.episodes, on_step, keep)
     finally:
         if state["writer"] is not None:
             state["writer"].close()
@@ -632,9 +654,7 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, log) -> dict:
     }
     if args.dream:
         dream_path = out.with_name(f"{out.stem}_dream.mp4")
-        if image_key is None:
-            raise EvalError("--dream shows predicted images, but this run has no 'image' in env.keys.")
-        batch = dream_batch(episodes, length=DREAM_LENGTH)
+        batch = dream_batch(episodes)
         report = agent.report(batch)
         context = config.agent.get("report_context")
         frames = dream_frames(report, image_key, context=context)

@@ -144,3 +144,7 @@ def test_summary_statistics_and_pinned_settings():
     assert config.task_kwargs.curriculum_levels == (0.4,) and config.task_kwargs.level == 0 and config.seed == 7
     config = evaluation.eval_config(run, evaluation.parse_eval_args(["--checkpoint", "x"]), trained_level=3)
     assert config.task_kwargs.level == 3  # default: where training got to
+    saved = {"policy_key": np.array([0, 42], np.uint32), "w": np.ones(2)}
+    one, two = evaluation._reseed_policy(saved, 1), evaluation._reseed_policy(saved, 2)
+    assert not np.array_equal(one["policy_key"], two["policy_key"]) and one["policy_key"].dtype == np.uint32
+    assert one["w"] is saved["w"] and np.array_equal(evaluation._reseed_policy(saved, 1)["policy_key"], one["policy_key"])
