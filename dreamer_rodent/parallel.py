@@ -327,21 +327,25 @@ class BatchEnv:
             return self._stack(rows)
         for i in range(self._num):
             self._send(i, "step", {k: v[i] for k, v in actions.items()})
-        rows: list[dict | None] = [None] * self._num
         failed: dict[int, str] = {}
         replies = self._collect(range(self._num), failed)
-        for i, (kind, payload) in replies.items():
-            if self._transport == "shm":
-                row = {k: view[i].copy() for k, view in self._shared.views.items()}
-                row.update(payload)
-            else:
-                row = payload
-            rows[i] = row
+        if self._transport == "shm":
+            # One copy per key of the whole batch; pipe extras (keys outside
+            # obs_space) are stacked from the replies.
+            batch = {k: view.copy() for k, view in self._shared.views.items()}
+            extra_keys = set().union(*(payload.keys() for _, payload in replies.values())) if replies else set()
+            for i, (_, extras) in replies.items():
+                row = {k: v[i].copy() for k, v in batch.items()}  # kept apart from the caller's arrays
+                row.update(extras)
+                self._last_obs[i] = row
+        else:
+            for i, (_, payload) in replies.items():
+                self._last_obs[i] = payload
         for i, cause in sorted(failed.items()):
-            rows[i] = self._recover(i, cause, actions)
-        for i, row in enumerate(rows):
-            self._last_obs[i] = row
-        return self._stack(rows)
+            self._last_obs[i] = self._recover(i, cause, actions)
+        if self._transport == "shm" and not failed and not extra_keys:
+            return batch
+        return self._stack(self._last_obs)
 
     def curriculum_states(self) -> list:
         """Each env's curriculum state (plain data), in worker order."""
