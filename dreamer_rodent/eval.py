@@ -97,15 +97,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Roll out a trained agent: an MP4 of the rodent plus a JSON and a table of scores. "
         "Other config keys can be overridden with dotted flags (e.g. --env.time_limit 10).",
     )
-    parser.add_argument("--checkpoint", required=True, help="run directory (its latest checkpoint) or one checkpoint in it")
-    parser.add_argument("--episodes", type=int, default=3, help="episodes to roll out (default 3)")
-    parser.add_argument("--seed", type=int, default=None, help="env and policy seed (default: the run's seed)")
-    parser.add_argument("--out", default=None, help="the MP4 path; scores go to the same stem with .json")
-    parser.add_argument("--camera", default=None, help="third-person camera by name (default: one tracking the rodent)")
-    parser.add_argument("--size", default="640x480", help="video frame size WIDTHxHEIGHT (made even; default 640x480)")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="run directory (its latest checkpoint) or one checkpoint in it")
+    parser.add_argument("--episodes", type=int, default=3, metavar="N", help="episodes to roll out (default 3)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="env and policy seed (default: the run's seed)")
+    parser.add_argument("--out", default=None, metavar="PATH.mp4", help="the MP4 path; scores go to the same stem with .json")
+    parser.add_argument("--camera", default=None, metavar="NAME", help="third-person camera by name (default: one tracking the rodent)")
+    parser.add_argument("--size", default="640x480", metavar="WxH", help="video frame size WIDTHxHEIGHT (made even; default 640x480)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--level", type=int, default=None, help="pin this curriculum level (default: the level training reached)")
-    where.add_argument("--distance", type=float, default=None,
+    where.add_argument("--level", type=int, default=None, metavar="N", help="pin this curriculum level (default: the level training reached)")
+    where.add_argument("--distance", type=float, default=None, metavar="METRES",
                        help="targets up to METRES away, drawn as in training (one curriculum level of that distance)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=True, help="the policy's mode action (default)")
@@ -474,7 +474,8 @@ def load_checkpoint(path) -> Loaded:
                 " There is no other complete checkpoint in this run.")
         raise EvalError(f"{error}{hint}") from None
     except (OSError, ValueError, KeyError) as error:  # unreadable npz/json/yaml despite a matching manifest
-        raise EvalError(f"checkpoint {found} cannot be read ({type(error).__name__}: {error}); it is damaged.") from None
+        raise EvalError(f"checkpoint {found} cannot be read ({type(error).__name__}: {error}): a running training may "
+                        "have just pruned it (run eval again), or it is damaged.") from None
     run_dir = found.parent.parent if found.parent.name == ckpt_lib.CHECKPOINTS else found.parent
     return Loaded(found, run_dir, _with_defaults(loaded.config), loaded.arrays, loaded.state, loaded.step)
 

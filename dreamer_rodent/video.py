@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -215,7 +216,14 @@ class VideoWriter:
                 f"frame {self.frames} of {self.path} is {frame.shape[1]}x{frame.shape[0]} but the video is "
                 f"{self.size[1]}x{self.size[0]}: every frame of one video must have the same size."
             )
-        self._writer.append_data(frame)
+        if self.frames == 0:
+            with warnings.catch_warnings():
+                # The first frame starts ffmpeg through subprocess (fork then exec at once, no Python in
+                # the child), which JAX's os.fork warning cannot tell from an unsafe fork.
+                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+                self._writer.append_data(frame)
+        else:
+            self._writer.append_data(frame)
         self.frames += 1
 
     def extend(self, frames: Iterable[np.ndarray]) -> None:
