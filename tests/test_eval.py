@@ -73,12 +73,13 @@ def test_eval_writes_video_and_scores(run_dir, tmp_path, capsys):
 
 
 def test_split_dream_and_default_output(run_dir):
+    checkpoint = run_dir / "checkpoints" / "ckpt_000000020"  # one checkpoint, not the run directory
     code = evaluation.main([
-        "--checkpoint", str(run_dir), "--episodes", "2", "--size", "96x72", "--split", "--dream", "--stochastic",
+        "--checkpoint", str(checkpoint), "--episodes", "2", "--size", "96x72", "--split", "--dream", "--stochastic",
         "--env.time_limit", str(TIME_LIMIT),
     ])
     assert code == 0
-    # Default: <run>/eval/<checkpoint>_<level the training reached>_<mode>_seed<seed>.
+    # Default: <run>/eval/<checkpoint>_<level the training reached>_<mode>_seed<seed>, also from a checkpoint path.
     stem = run_dir / "eval" / "ckpt_000000020_level0_stoch_seed0"
     for episode in (1, 2):
         frames, frame, _ = _read(stem.with_name(stem.name + f"_ep{episode:03d}.mp4"))
