@@ -539,6 +539,9 @@ def evaluate(args: EvalArgs, log: Callable[[str], None] = print) -> dict:
     loaded = load_checkpoint(args.checkpoint)
     pinned = args.level is not None or args.distance is not None
     config = eval_config(loaded.config, args, trained_level=None if pinned else loaded.trained_level)
+    out = pathlib.Path(args.out).expanduser() if args.out else default_out(loaded.run_dir, loaded.name, config, args)
+    if out.suffix.lower() != ".mp4":
+        raise EvalError(f"--out {out}: the video must end in .mp4 (the scores go beside it as .json).")
     device = jax_device(config)
     from dreamer_rodent.env import make_env
 
@@ -547,7 +550,7 @@ def evaluate(args: EvalArgs, log: Callable[[str], None] = print) -> dict:
         import jax
 
         with jax.default_device(device):
-            return _evaluate(env, loaded, config, args, log)
+            return _evaluate(env, loaded, config, args, out, log)
     finally:
         env.close()
 
@@ -572,7 +575,7 @@ def jax_device(config: Config):
     return distributed.local_devices(config)[0]
 
 
-def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, log) -> dict:
+def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.Path, log) -> dict:
     has_curriculum = "log/curriculum_level" in env.obs_space
     if (args.level is not None or args.distance is not None) and not has_curriculum:
         flag = "--level" if args.level is not None else "--distance"
@@ -589,9 +592,6 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, log) -> dict:
         agent.load(_reseed_policy(loaded.arrays, int(config.seed)))
     except (KeyError, ValueError) as error:
         raise EvalError(f"the checkpoint's agent does not fit its own config: {error}") from None
-    out = pathlib.Path(args.out).expanduser() if args.out else default_out(loaded.run_dir, loaded.name, config, args)
-    if out.suffix.lower() != ".mp4":
-        raise EvalError(f"--out {out}: the video must end in .mp4 (the scores go beside it as .json).")
     mode = "eval" if args.deterministic else "train"
     image_key = "image" if "image" in env.obs_space else None
     if args.dream and image_key is None:

@@ -130,6 +130,7 @@ def test_bad_settings_name_the_fix(run_dir, capsys):
     _fails(base + ["--size", "4000x3000"], capsys, "offscreen framebuffer")
     _fails(base + ["--env.time_limt", "3"], capsys, "env.time_limit")
     _fails(base + ["--episodes", "0"], capsys, "--episodes must be at least 1")
+    _fails(base + ["--out", "clip.avi"], capsys, "must end in .mp4")
 
 
 def test_summary_statistics_and_pinned_settings():
