@@ -126,14 +126,14 @@ def local_devices(config: Config):
 def make_mesh(config: Config):
     """A one-axis ("data") mesh over the training devices, checked against the batch size.
 
-    On several hosts the mesh spans every process's devices, in process order,
-    and each process feeds `batch_size` sequences (its share of the global batch).
+    On several hosts the mesh spans every process's devices, in process order;
+    `batch_size` is the global batch and must divide over all of them.
     """
     import jax
     import numpy as np
 
     local = local_devices(config)
-    check_batch(int(config.batch_size), len(local))
+    check_batch(int(config.batch_size), len(local) * jax.process_count())
     if jax.process_count() > 1:
         per_process = len(local)
         devices = [d for d in jax.devices() if d.platform == local[0].platform]
@@ -153,3 +153,16 @@ def check_batch(batch_size: int, num_devices: int) -> None:
             f"share of the batch). Use --batch_size {lower} or {lower + num_devices}, or limit the devices "
             f"with --jax.devices."
         )
+
+
+def agree(flags) -> list[bool]:
+    """Any process's True wins; one process: the flags unchanged (no collective)."""
+    import jax
+    import numpy as np
+
+    flags = np.asarray(flags, bool)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        flags = np.asarray(multihost_utils.process_allgather(flags.astype(np.int32))).reshape(-1, flags.size).max(0) > 0
+    return [bool(f) for f in flags]

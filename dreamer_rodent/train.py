@@ -16,6 +16,7 @@ import errno
 import math
 import os
 import pathlib
+import shutil
 import signal
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from dreamer_rodent import checkpoint as ckpt
+from dreamer_rodent import distributed
 from dreamer_rodent.config import Config, ConfigError, parse_args
 from dreamer_rodent.driver import Driver, Recent, agent_obs
 from dreamer_rodent.logger import Averages, Logger, Progress
@@ -283,9 +285,6 @@ class Trainer:
 
         try:
             while self.counters["env_steps"] < total:
-                if stop_flag():
-                    reason = "signal"
-                    break
                 start = time.monotonic()
                 transition, finished = self.driver.step(policy)
                 self.replay.add_batch(agent_obs(transition), streams)
@@ -333,17 +332,28 @@ class Trainer:
                         break
 
                 now = time.monotonic()
-                if now - timers["log"] >= float(config.run.log_every):
+                # On several hosts, process 0's timers and any host's signal decide for all, so that the
+                # collective calls below (report, train) stay in lockstep.
+                stop, log_due, video_due, save_due = distributed.agree([
+                    stop_flag(),
+                    now - timers["log"] >= float(config.run.log_every),
+                    now - timers["video"] >= float(config.run.video_every) and self.replay.can_sample(),
+                    now - timers["save"] >= float(config.run.save_every),
+                ])
+                if stop:
+                    reason = "signal"
+                    break
+                if log_due:
                     if self.counters["nonfinite"] == 0:
                         self._good = self.agent.save()  # what a non-finite update rolls back to
                     self._log(averages, policy_steps, policy_time, train_steps * per_train, train_time)
                     policy_time = train_time = 0.0
                     policy_steps = train_steps = 0
                     timers["log"] = now
-                if now - timers["video"] >= float(config.run.video_every) and self.replay.can_sample():
+                if video_due:
                     self._videos()
                     timers["video"] = now
-                if now - timers["save"] >= float(config.run.save_every):
+                if save_due:
                     self.save()
                     timers["save"] = time.monotonic()
                 progress.update(steps, fps=policy_steps / policy_time if policy_time else 0.0,
@@ -422,8 +432,6 @@ def train(argv: Sequence[str]) -> str:
     check_config(config)
     # optax's own deprecation notices fire on every trace and bury the run's output.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"optax")
-    from dreamer_rodent import distributed
-
     hosts = distributed.setup(config)
     mesh = distributed.make_mesh(config)  # also checks batch_size against the devices
     import jax
@@ -432,10 +440,13 @@ def train(argv: Sequence[str]) -> str:
     rundir = resolve_logdir(config)
     check_writable(rundir)
     resume_from = find_resume(rundir, config, int(config.run.keep_checkpoints))
+    if config.run.from_checkpoint and resume_from is None:
+        ckpt.find(config.run.from_checkpoint)  # a wrong path fails now, before anything is written
     config = config.update({"logdir": str(rundir)})
 
+    created = not rundir.exists()
     rundir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(rundir)
+    lock = RunLock(rundir) if process_index == 0 else None  # other hosts share the directory
     stop = {"signal": None}
     previous = {}
 
@@ -448,8 +459,6 @@ def train(argv: Sequence[str]) -> str:
         previous[sig] = signal.signal(sig, handler)
     trainer = None
     try:
-        if process_index == 0:
-            config.save(rundir / "config.yaml")
         print(f"Run directory: {rundir}", flush=True)
         print(f"Watch it with: tensorboard --logdir {rundir}   (or: tail -f {rundir / 'metrics.jsonl'})", flush=True)
         devices = mesh.devices.size
@@ -458,7 +467,20 @@ def train(argv: Sequence[str]) -> str:
         if resume_from is None:
             print("Starting a new run." if not config.run.from_checkpoint else "Starting a new run (warm start).",
                   flush=True)
-        trainer = Trainer(config, rundir, mesh, resume_from=resume_from, process_index=process_index)
+        elif config.run.from_checkpoint:
+            print(f"Note: run.from_checkpoint is ignored, this run resumes its own checkpoint ({resume_from}).",
+                  flush=True)
+        try:
+            trainer = Trainer(config, rundir, mesh, resume_from=resume_from, process_index=process_index)
+        except BaseException:
+            if created and process_index == 0:  # leave no half-made run directory behind
+                if lock is not None:
+                    lock.release()
+                    lock = None
+                shutil.rmtree(rundir, ignore_errors=True)
+            raise
+        if process_index == 0:
+            config.save(rundir / "config.yaml")  # only once env, agent and checkpoint all fit
         params = trainer.agent.param_count() if hasattr(trainer.agent, "param_count") else None
         if params is not None:
             print(f"Agent parameters: {params:,}.", flush=True)
@@ -475,7 +497,8 @@ def train(argv: Sequence[str]) -> str:
             trainer.close()
         for sig, old in previous.items():
             signal.signal(sig, old)
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

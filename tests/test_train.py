@@ -256,3 +256,42 @@ def test_same_train_step_on_four_devices_as_on_one(tmp_path):
               if x.startswith("LOSS")}
     assert set(losses) == {1, 4}
     np.testing.assert_allclose(losses[4], losses[1], rtol=1e-4)
+
+
+def test_warm_start_takes_weights_only(finished_run, tmp_path, capsys):
+    source, result, _ = finished_run
+    assert result.returncode == 0
+    rundir = tmp_path / "warm"
+    # run.steps == prefill: no update happens, so the new checkpoint must hold exactly the source weights.
+    assert main([*FAST, "--logdir", str(rundir), "--run.steps", "64", "--run.from_checkpoint", str(source)]) == 0
+    out = capsys.readouterr().out
+    assert f"Warm start: agent weights from {source / 'checkpoints' / 'ckpt_000000300'}" in out
+    from dreamer_rodent import checkpoint as ckpt
+
+    old, new = ckpt.load(source), ckpt.load(rundir)
+    assert new.state["counters"]["env_steps"] == 64 and new.state["counters"]["train_steps"] == 0
+    assert old.arrays.keys() == new.arrays.keys()
+    for key in old.arrays:
+        np.testing.assert_array_equal(old.arrays[key], new.arrays[key], err_msg=key)
+    bad = tmp_path / "bad"
+    assert main([*FAST, "--logdir", str(bad), "--agent.units", "24", "--run.from_checkpoint", str(source)]) == 2
+    assert "do not fit this config" in capsys.readouterr().err
+    assert not bad.exists()  # the failed start leaves no half-made run directory
+
+
+def test_multihost_settings_from_config_or_slurm():
+    from dreamer_rodent import distributed
+    from dreamer_rodent.config import ConfigError, build_config
+
+    single = build_config(["debug"])
+    assert distributed.multihost_settings(single, {}) is None
+    assert distributed.multihost_settings(single, {"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
+    slurm = {"SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_JOB_NODELIST": "gpu[07-10],cpu1"}
+    assert distributed.multihost_settings(single, slurm) == distributed.MultiHost("gpu07:12355", 4, 2, "SLURM")
+    flags = build_config(["debug"], {"jax.num_processes": 2, "jax.process_id": 1, "jax.coordinator": "h0:999"})
+    assert distributed.multihost_settings(flags, slurm) == distributed.MultiHost("h0:999", 2, 1, "config")
+    with pytest.raises(ConfigError, match="needs --jax.coordinator"):
+        distributed.multihost_settings(build_config(["debug"], {"jax.num_processes": 2}), {})
+    with pytest.raises(ConfigError, match=r"jax.process_id must be in \[0, 2\)"):
+        distributed.multihost_settings(
+            build_config(["debug"], {"jax.num_processes": 2, "jax.process_id": 2, "jax.coordinator": "h:1"}), {})
