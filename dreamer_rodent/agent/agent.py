@@ -160,10 +160,15 @@ class Agent:
         self.discount = 1.0 - 1.0 / self.ac.horizon
         o = self.ac.opt
         self.opt, self.schedule = make_optimizer(o.lr, o.agc, o.eps, o.beta1, o.beta2, o.warmup)
-        self.mesh = mesh
         if mesh is not None:
             if "data" not in mesh.axis_names:
                 raise ValueError(f"the mesh has axes {mesh.axis_names}; the agent splits the batch over an axis named 'data'.")
+            # Automatic (GSPMD) partitioning: the code is written for global shapes, and jax.make_mesh's default
+            # explicit axes would demand sharding annotations on every gather and reshape.
+            mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
+                                     axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+        self.mesh = mesh
+        if mesh is not None:
             self._replicated = NamedSharding(mesh, P())
             self._sharded = NamedSharding(mesh, P("data"))
         else:
@@ -433,10 +438,10 @@ class Agent:
         for name, sub in grads.items():
             by_module.setdefault(module_of(name), []).append(sub)
         for module, subs in by_module.items():
-            metrics[f"grad_norm/{module}"] = optax.global_norm(subs)
-        metrics["grad_norm/total"] = optax.global_norm(grads)
-        metrics["update_norm"] = optax.global_norm(updates)
-        metrics["param_norm"] = optax.global_norm(params)
+            metrics[f"grad_norm/{module}"] = optax.tree.norm(subs)
+        metrics["grad_norm/total"] = optax.tree.norm(grads)
+        metrics["update_norm"] = optax.tree.norm(updates)
+        metrics["param_norm"] = optax.tree.norm(params)
         metrics["opt/lr"] = self.schedule(state["step"])
         new = {"params": params, "opt": opt, "slow": slow, "retnorm": retnorm, "step": state["step"] + 1, "key": key}
         return new, sg(last), metrics
