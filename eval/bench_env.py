@@ -8,7 +8,8 @@ factory builds: same walker, camera and render settings) and "adapter" steps
 `dreamer_rodent.env.Env` around an identical env; the two are timed in
 alternating blocks so that load changes on a shared machine hit both alike.
 "CPU ms/step" is this process's CPU time per step, which contention inflates
-far less than wall time. BatchEnv rows count env steps (batch steps x workers).
+far less than wall time; the overhead column is the median over blocks of the
+adapter's block time over raw's (same actions, same trajectory). BatchEnv rows count env steps (batch steps x workers).
 The reference row is dm_control's own `basic_rodent_2020.rodent_maze_forage`
 with its stock 64x64 camera. Actions are uniform random; episodes are not reset
 within a row (the first 30 s episode outlasts every row).
@@ -53,10 +54,15 @@ class _Raw:
         self.env = self.env.env
         self.env.reset()
         spec = self.env.action_spec()
-        self.shape, self.low, self.high = spec.shape, spec.minimum, spec.maximum
+        self.shape = spec.shape
+        self.low = np.asarray(spec.minimum, np.float64) * np.ones(spec.shape)
+        self.high = np.asarray(spec.maximum, np.float64) * np.ones(spec.shape)
 
     def step(self, unit_action):
-        timestep = self.env.step(self.low + (unit_action + 1) * 0.5 * (self.high - self.low))
+        # The adapter's own rescaling, so that raw and adapter envs follow the
+        # same trajectory and their physics costs match step for step.
+        action = np.clip(np.asarray(unit_action, np.float64), -1.0, 1.0)
+        timestep = self.env.step(self.low + (action + 1.0) * 0.5 * (self.high - self.low))
         if timestep.last():
             self.env.reset()
 
@@ -94,25 +100,33 @@ class _Stock:
     close = _Raw.close
 
 
-def _time_alternating(envs: list, seconds: float, rng) -> list[tuple[float, float]]:
-    """(steps/s, CPU ms/step) per env, timed in alternating blocks after a warm-up."""
-    actions = [rng.uniform(-1, 1, (BLOCK, *env.shape)).astype(np.float32) for env in envs]
-    for env, acts in zip(envs, actions):
-        for a in acts[:5]:
+def _time_alternating(envs: list, seconds: float, rng) -> list[tuple[float, float, float, float]]:
+    """Per env: (steps/s, CPU ms/step, median wall and CPU time ratio to envs[0]).
+
+    The envs are stepped in alternating blocks of the same actions; the median
+    of per-block ratios shrugs off bursts of load from other processes.
+    """
+    actions = rng.uniform(-1, 1, (BLOCK, *envs[0].shape)).astype(np.float32)
+    for env in envs:
+        for a in actions[:5]:
             env.step(a)
-    wall = [0.0] * len(envs)
-    cpu = [0.0] * len(envs)
-    steps = [0] * len(envs)
+    walls = [[] for _ in envs]
+    cpus = [[] for _ in envs]
     deadline = time.perf_counter() + seconds * len(envs)
-    while time.perf_counter() < deadline or min(steps) == 0:
-        for i, (env, acts) in enumerate(zip(envs, actions)):
+    while time.perf_counter() < deadline or not walls[0]:
+        for i, env in enumerate(envs):
             w, c = time.perf_counter(), time.process_time()
-            for a in acts:
+            for a in actions:
                 env.step(a)
-            wall[i] += time.perf_counter() - w
-            cpu[i] += time.process_time() - c
-            steps[i] += len(acts)
-    return [(n / w, 1000 * c / n) for n, w, c in zip(steps, wall, cpu)]
+            walls[i].append(time.perf_counter() - w)
+            cpus[i].append(time.process_time() - c)
+    out = []
+    for wall, cpu in zip(walls, cpus):
+        steps = BLOCK * len(wall)
+        wall_ratio = float(np.median(np.asarray(wall) / np.asarray(walls[0])))
+        cpu_ratio = float(np.median(np.asarray(cpu) / np.maximum(np.asarray(cpus[0]), 1e-9)))
+        out.append((steps / sum(wall), 1000 * sum(cpu) / steps, wall_ratio, cpu_ratio))
+    return out
 
 
 def _time_batch(config, workers: int, seconds: float, rng, transport: str = "shm") -> float:
@@ -191,8 +205,8 @@ def run(args) -> str:
     load_start = _load()
     size = args.image_size
 
-    def add(task, path, image, workers, rate, cpu=None, raw=None):
-        overhead = f"{(raw[0] / rate - 1) * 100:+.1f}% / {(cpu / raw[1] - 1) * 100:+.1f}%" if raw else ""
+    def add(task, path, image, workers, rate, cpu=None, ratios=None):
+        overhead = f"{(ratios[0] - 1) * 100:+.1f}% / {(ratios[1] - 1) * 100:+.1f}%" if ratios else ""
         rows.append((task, path, "yes" if image else "no", str(workers), f"{rate:.1f}",
                      f"{cpu:.2f}" if cpu is not None else "", overhead))
         print(" | ".join(rows[-1]), f"(load {_load()})", file=sys.stderr, flush=True)
@@ -201,10 +215,10 @@ def run(args) -> str:
         for image in (True, False):
             config = _config(task, image, size)
             raw, adapter = _Raw(config), _Adapter(config)
-            (raw_rate, raw_cpu), (ad_rate, ad_cpu) = _time_alternating([raw, adapter], args.seconds, rng)
+            (raw_rate, raw_cpu, _, _), (ad_rate, ad_cpu, *ratios) = _time_alternating([raw, adapter], args.seconds, rng)
             raw.close(), adapter.close()
             add(task, "raw dm_control", image, 1, raw_rate, raw_cpu)
-            add(task, "adapter (Env)", image, 1, ad_rate, ad_cpu, raw=(raw_rate, raw_cpu))
+            add(task, "adapter (Env)", image, 1, ad_rate, ad_cpu, ratios)
         for workers in args.workers:
             rate = _time_batch(_config(task, True, size, workers), workers, args.seconds, rng)
             add(task, "BatchEnv processes", True, workers, rate)
@@ -214,7 +228,7 @@ def run(args) -> str:
         add(task, "BatchEnv processes, pipe transport", True, 2, rate)
     if args.stock:
         stock = _Stock()
-        [(rate, cpu)] = _time_alternating([stock], args.seconds, rng)
+        [(rate, cpu, _, _)] = _time_alternating([stock], args.seconds, rng)
         stock.close()
         add("dm_control basic_rodent_2020.rodent_maze_forage", "stock (its own 64x64 camera)", True, 1, rate, cpu)
 
@@ -226,7 +240,7 @@ def run(args) -> str:
             transport_lines.append(f"| {tsize}x{tsize} | {shm:.2f} | {pipe:.2f} |")
             print(transport_lines[-1], f"(load {_load()})", file=sys.stderr, flush=True)
 
-    header = ("task", "path", "image", "workers", "env steps/s", "CPU ms/step", "adapter over raw (wall / CPU time per step)")
+    header = ("task", "path", "image", "workers", "env steps/s", "CPU ms/step", "adapter over raw (median block ratio, wall / CPU)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     command = "python eval/bench_env.py " + " ".join(sys.argv[1:])
