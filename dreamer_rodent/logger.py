@@ -99,7 +99,8 @@ class Logger:
         self._jsonl.flush()
         if self._writer is not None:
             for key, value in metrics.items():
-                self._writer.add_scalar(key, float(value), int(step))
+                if math.isfinite(float(value)):  # metrics.jsonl keeps the "nan"/"inf" record
+                    self._writer.add_scalar(key, float(value), int(step))
 
     def video(self, step: int, name: str, frames: np.ndarray) -> None:
         """Logs a video ([T,H,W,C] or [B,T,H,W,C]; batch entries side by side)."""

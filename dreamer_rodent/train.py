@@ -156,10 +156,15 @@ def make_agent(obs_space, act_space, config: Config, mesh):
 
 
 def _finite(metrics) -> bool:
+    """False if a loss, gradient, update or parameter norm of this update is NaN or inf.
+
+    Norms after the update matter too: a finite loss can still produce an update
+    that overflows the parameters, and every later loss would then be NaN.
+    """
     for key, value in metrics.items():
         value = np.asarray(value)
         if value.size == 1 and np.issubdtype(value.dtype, np.floating) and not np.isfinite(value):
-            if "loss" in key or key.endswith("/total") or "grad" in key:
+            if any(word in key for word in ("loss", "grad", "update_norm", "param_norm")) or key.endswith("/total"):
                 return False
     return True
 
@@ -183,6 +188,7 @@ class Trainer:
         self.replay = Replay(self.length, int(config.replay.capacity), int(config.replay.chunk), seed=int(config.seed))
         self.envs = None
         self.logger = None
+        self._curriculum: list = []
         try:
             self.envs = make_envs(config)
             self.obs_space = {k: v for k, v in self.envs.obs_space.items() if not k.startswith("log/")}
@@ -207,11 +213,25 @@ class Trainer:
             "version": STATE_VERSION,
             "counters": dict(self.counters),
             "rng": {"driver": self.driver.rng.bit_generator.state},
-            "curriculum": self.envs.curriculum_states(),
+            "curriculum": self._curriculum_states(),
             "obs_space": {k: v.to_dict() for k, v in self.obs_space.items()},
             "act_space": {k: v.to_dict() for k, v in self.act_space.items()},
             "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
+
+    def _curriculum_states(self) -> list:
+        """The envs' curriculum states; the last known ones if the workers cannot answer.
+
+        A SIGTERM sent to the whole process group (SLURM does this) may take the
+        env workers down while this process is saving; the checkpoint must still
+        be written, so it keeps the states read at the last log interval.
+        """
+        try:
+            self._curriculum = list(self.envs.curriculum_states())
+        except Exception as error:  # noqa: BLE001 - any worker failure is handled the same way
+            warnings.warn(f"could not read the envs' curriculum states ({error}); saving the last known ones.",
+                          stacklevel=2)
+        return self._curriculum
 
     def save(self) -> pathlib.Path | None:
         if self.process_index != 0:
@@ -242,6 +262,7 @@ class Trainer:
                     f"{len(self.envs)}; reusing them in turn.", stacklevel=2)
                 curriculum = [curriculum[i % len(curriculum)] for i in range(len(self.envs))]
             self.envs.load_curriculum_states(curriculum)
+            self._curriculum = curriculum
         loaded.load_replay(self.replay)
         self.resumed = loaded
         self.say(
@@ -346,6 +367,7 @@ class Trainer:
                 if log_due:
                     if self.counters["nonfinite"] == 0:
                         self._good = self.agent.save()  # what a non-finite update rolls back to
+                    self._curriculum_states()  # also what a restarted env worker gets back
                     self._log(averages, policy_steps, policy_time, train_steps * per_train, train_time)
                     policy_time = train_time = 0.0
                     policy_steps = train_steps = 0

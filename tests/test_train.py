@@ -295,3 +295,22 @@ def test_multihost_settings_from_config_or_slurm():
     with pytest.raises(ConfigError, match=r"jax.process_id must be in \[0, 2\)"):
         distributed.multihost_settings(
             build_config(["debug"], {"jax.num_processes": 2, "jax.process_id": 2, "jax.coordinator": "h:1"}), {})
+
+
+def test_nonfinite_updates_are_undone_then_stop_with_last_good_checkpoint(tmp_path, capsys):
+    rundir = tmp_path / "exploding"
+    # A learning rate of 1e30 overflows the parameters on the first update.
+    code = main([*FAST, "--logdir", str(rundir), "--run.steps", "400", "--agent.opt.lr", "1e30",
+                 "--run.max_nonfinite", "2", "--run.save_every", "1e6"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "non-finite loss at train step 1 (1 in a row); the update was undone" in captured.out
+    assert "2 consecutive updates had a non-finite loss (run.max_nonfinite=2)" in captured.err
+    from dreamer_rodent import checkpoint as ckpt
+
+    saved = ckpt.load(rundir)
+    assert saved.state["counters"]["train_steps"] == 2
+    assert saved.step < 400
+    for key, value in saved.arrays.items():
+        if np.issubdtype(value.dtype, np.floating):
+            assert np.all(np.isfinite(value)), key
