@@ -186,6 +186,20 @@ def _transport_overhead(size: int, transport: str, workers: int = 2, steps: int 
         return 1000 * (time.perf_counter() - start) / steps
 
 
+def _targets(adapter: dict, size: int) -> str:
+    """The project's throughput targets, checked against this run's adapter rows."""
+    if not adapter:
+        return ""
+    checks = []
+    worst = max(ratio for _, ratio in adapter.values())
+    checks.append(f"adapter over raw <= 10%: worst {100 * (worst - 1):+.1f}% ({'met' if worst <= 1.10 else 'MISSED'})")
+    for task, floor in (("rodent_goto", 150), ("rodent_maze_forage", 60)):
+        if (task, True) in adapter:
+            rate = adapter[task, True][0]
+            checks.append(f"{task} >= {floor} steps/s with image: {rate:.0f} ({'met' if rate >= floor else 'MISSED'})")
+    return f"\nTargets (one process, {size}x{size} image): " + "; ".join(checks) + ".\n"
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
@@ -202,6 +216,7 @@ def _load() -> str:
 def run(args) -> str:
     rng = np.random.default_rng(0)
     rows = []
+    adapter_rows = {}  # (task, image) -> (steps/s, wall ratio)
     load_start = _load()
     size = args.image_size
 
@@ -219,6 +234,7 @@ def run(args) -> str:
             raw.close(), adapter.close()
             add(task, "raw dm_control", image, 1, raw_rate, raw_cpu)
             add(task, "adapter (Env)", image, 1, ad_rate, ad_cpu, ratios)
+            adapter_rows[task, image] = (ad_rate, ratios[0])
         for workers in args.workers:
             rate = _time_batch(_config(task, True, size, workers), workers, args.seconds, rng)
             add(task, "BatchEnv processes", True, workers, rate)
@@ -251,7 +267,7 @@ def run(args) -> str:
         f"image {size}x{size}; {args.seconds:g} s per row; "
         f"load average (1/5/15 min) {load_start} at start, {_load()} at end."
     )
-    text = meta + "\n\n" + "\n".join(lines) + "\n"
+    text = meta + "\n\n" + "\n".join(lines) + "\n" + _targets(adapter_rows, size)
     if transport_lines:
         text += (
             "\nBatchEnv transport overhead: 2 workers running an env that does nothing but return "
