@@ -9,7 +9,7 @@ Layout under a run directory:
         state.json                counters, RNG states, curriculum states, spaces
         config.yaml               the resolved config of the run
         replay.json               which replay chunks belong to this checkpoint
-        replay_open_s0000.npz     the not-yet-full replay chunk of each env stream
+        replay_open_s0000_<start>.npz   the not-yet-full replay chunk of each env stream
         MANIFEST.json             bytes and sha256 of every file above; written last
       replay/
         chunk_s0000_000000001024.npz   full replay chunks, shared by checkpoints

@@ -220,7 +220,7 @@ class Replay:
                     written.append(chunk.name)
                 where, name = "chunks", chunk.file
             else:
-                name = f"replay_open_s{chunk.stream:04d}.npz"
+                name = f"replay_open_s{chunk.stream:04d}_{chunk.start:012d}.npz"
                 _write_npz(open_dir / name, {k: v[:chunk.size] for k, v in chunk.data.items()})
                 where = "checkpoint"
             entries.append({"file": name, "where": where, "stream": chunk.stream, "start": chunk.start,
@@ -277,8 +277,8 @@ class Replay:
                         "comes from a run with different env keys."
                     )
                 size = int(entry["size"])
-                if size < self.chunk or len(next(iter(data.values()))) != size:
-                    # An open chunk: give it room to keep filling.
+                if entry["where"] != "chunks" and size < self.chunk:
+                    # The open chunk of its stream: give it room to keep filling.
                     full = {k: np.zeros((self.chunk,) + v.shape[1:], v.dtype) for k, v in data.items()}
                     for k, v in data.items():
                         full[k][:size] = v

@@ -183,7 +183,6 @@ class Trainer:
         self.length = int(config.batch_length)
         self.counters = {"env_steps": 0, "train_steps": 0, "episodes": 0, "train_start": int(config.run.prefill),
                          "nonfinite": 0}
-        self.stop_reason: str | None = None
         self.saver = ckpt.Checkpointer(rundir, int(config.run.keep_checkpoints))
         self.replay = Replay(self.length, int(config.replay.capacity), int(config.replay.chunk), seed=int(config.seed))
         self.envs = None
@@ -241,7 +240,8 @@ class Trainer:
         if self.counters["nonfinite"] == 0:
             self._good = arrays
         path = self.saver.save(self.counters["env_steps"], arrays, self.state(), self.config, self.replay)
-        self.logger and self.logger.scalars(self.counters["env_steps"], {"checkpoint/seconds": time.monotonic() - start})
+        if self.logger is not None:
+            self.logger.scalars(self.counters["env_steps"], {"checkpoint/seconds": time.monotonic() - start})
         return path
 
     def _resume(self) -> None:

@@ -38,8 +38,8 @@ def test_round_trip_plain_files_only(tmp_path):
     assert path.name == "ckpt_000000100"
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "ckpt_000000100"
     names = sorted(os.listdir(path))
-    assert names == ["MANIFEST.json", "agent.npz", "config.yaml", "replay.json", "replay_open_s0000.npz",
-                     "replay_open_s0001.npz", "state.json"]
+    assert names == ["MANIFEST.json", "agent.npz", "config.yaml", "replay.json", "replay_open_s0000_000000000016.npz",
+                     "replay_open_s0001_000000000016.npz", "state.json"]
     # No pickle: every array file loads with allow_pickle=False and holds only .npy members.
     for npz in list(path.glob("*.npz")) + list((tmp_path / "checkpoints" / "replay").glob("*.npz")):
         with zipfile.ZipFile(npz) as z:

@@ -103,7 +103,7 @@ def test_save_load_round_trip_and_incremental(tmp_path):
     manifest = replay.save(chunks, ckpt1)
     # 21 steps per stream: two full chunks each are shared files, the open rest goes with the checkpoint.
     assert sorted(manifest["written"]) == sorted(os.listdir(chunks)) and len(manifest["written"]) == 4
-    assert sorted(os.listdir(ckpt1)) == ["replay_open_s0000.npz", "replay_open_s0001.npz"]
+    assert sorted(os.listdir(ckpt1)) == ["replay_open_s0000_000000000016.npz", "replay_open_s0001_000000000016.npz"]
     for name in os.listdir(chunks):
         with np.load(chunks / name, allow_pickle=False) as npz:
             assert npz["image"].dtype == np.uint8
@@ -164,3 +164,24 @@ def test_loading_does_not_double_memory(tmp_path):
     assert restored.nbytes == size
     one_chunk = size / 20
     assert peak < size + 3 * one_chunk, (peak, size)
+
+
+def test_resume_with_another_chunk_size_keeps_every_step(tmp_path):
+    replay = Replay(length=4, capacity=10_000, chunk=8, seed=0)
+    _fill(replay, streams=[0, 1], steps=30)
+    manifest = replay.save(tmp_path / "replay", tmp_path / "ckpt1")
+    bigger = Replay(length=4, capacity=10_000, chunk=32, seed=0)
+    bigger.load(manifest, tmp_path / "replay", tmp_path / "ckpt1")
+    assert len(bigger) == 60
+    for t in range(30, 40):
+        for s in (0, 1):
+            bigger.add(_step(s, t), stream=s)
+    manifest2 = bigger.save(tmp_path / "replay", tmp_path / "ckpt2")
+    again = Replay(length=4, capacity=10_000, chunk=32, seed=0)
+    again.load(manifest2, tmp_path / "replay", tmp_path / "ckpt2")
+    assert len(again) == 80
+    batch = again.sample(500)
+    for row in range(500):
+        np.testing.assert_array_equal(np.diff(batch["index"][row]), 1)
+        assert len(set(batch["stream_id"][row])) == 1
+    assert batch["index"].max() == 39 and batch["index"].min() == 0
