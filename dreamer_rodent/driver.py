@@ -31,7 +31,7 @@ class Episodes:
     for rollout videos.
     """
 
-    def __init__(self, num: int, video_env: int = 0, video_key: str = "image", max_frames: int = 1500):
+    def __init__(self, num: int, video_env: int = 0, video_key: str = "image", max_frames: int = 500):
         self.num = num
         self.score = np.zeros(num, np.float64)
         self.length = np.zeros(num, np.int64)

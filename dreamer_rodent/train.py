@@ -513,6 +513,7 @@ def train(argv: Sequence[str]) -> str:
                   "resume.", flush=True)
         else:
             print(f"Finished {steps} env steps; checkpoint saved in {trainer.saver.latest()}.", flush=True)
+            print(f"Evaluate it with: python -m dreamer_rodent.eval --checkpoint {rundir}", flush=True)
         return reason
     finally:
         if trainer is not None:
