@@ -95,6 +95,21 @@ def test_maze_steps_never_scan_contacts_in_python(monkeypatch):
         build.env.step(_zero(build))
 
 
+def test_maze_without_image_key_renders_nothing(monkeypatch):
+    """ManyGoalsMaze switches the stock camera on; without `image` nothing may render."""
+    from dm_control.mujoco import engine
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("rendered although env.keys has no image")
+
+    monkeypatch.setattr(engine.Physics, "render", no_render)
+    env = make_env(_config("rodent_maze_forage", **{"env.keys": NO_IMAGE}))
+    for reset in (True, False, True, False):  # a reset builds a new maze and recompiles
+        obs = env.step({"action": np.zeros(env.act_space["action"].shape, np.float32), "reset": reset})
+        assert "image" not in obs
+    env.close()
+
+
 def test_collecting_every_target_ends_the_maze_as_terminal():
     build = _build("rodent_maze_forage")
     env, physics = build.env, build.env.physics
