@@ -27,6 +27,7 @@ import re
 import signal
 import time
 import traceback
+import warnings
 from multiprocessing import shared_memory
 from typing import Any, Callable, Mapping, Sequence
 
@@ -123,7 +124,7 @@ class _SharedBatch:
         self.views: dict[str, np.ndarray] = {}
         self.owner = names is None
         for key, space in self.spaces.items():
-            size = max(1, num * int(np.prod(space.shape, dtype=np.int64)) * space.dtype.itemsize)
+            size = max(1, num * _nbytes(space))
             if names is None:
                 block = shared_memory.SharedMemory(create=True, size=size)
             else:
@@ -147,6 +148,30 @@ class _SharedBatch:
         self.blocks.clear()
 
 
+def _nbytes(space: Space) -> int:
+    return int(np.prod(space.shape, dtype=np.int64)) * space.dtype.itemsize
+
+
+def shm_shortfall(needed: int, path: str = "/dev/shm") -> str | None:
+    """Why `needed` bytes of shared memory will not fit, or None if they will.
+
+    Checked up front because writing into a full /dev/shm kills the writer
+    with SIGBUS instead of raising an error.
+    """
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None  # No /dev/shm to inspect (not Linux); let the OS decide.
+    free = stats.f_bavail * stats.f_frsize
+    if needed <= free:
+        return None
+    return (
+        f"BatchEnv needs {needed / 2**20:.1f} MiB of shared memory for its observations but {path} has "
+        f"{free / 2**20:.1f} MiB free; enlarge it (docker run --shm-size=1g, or --ipc=host) or use fewer "
+        f"envs or smaller images"
+    )
+
+
 def _attach_shm(name: str) -> shared_memory.SharedMemory:
     """Attaches to a block the parent owns and unlinks.
 
@@ -160,7 +185,7 @@ def _attach_shm(name: str) -> shared_memory.SharedMemory:
         return shared_memory.SharedMemory(name=name)
 
 
-def _worker_main(index: int, ctor: EnvCtor, config_dict: dict, conn, transport: str) -> None:
+def _worker_main(index: int, ctor: EnvCtor, config_dict: dict, conn) -> None:
     """Builds one env and serves requests from the parent until 'close'."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle.
     shared = None
@@ -176,7 +201,7 @@ def _worker_main(index: int, ctor: EnvCtor, config_dict: dict, conn, transport: 
                 break  # The parent is gone.
             if command == "step":
                 obs = env.step(payload)
-                if transport == "shm":
+                if shared is not None:  # The parent attached shared memory; else all goes by pipe.
                     extras = {}
                     for key, value in obs.items():
                         if key in shared.views:
@@ -293,6 +318,11 @@ class BatchEnv:
             self.obs_space, self.act_space = spaces[0]
             for i, (obs_space, act_space) in enumerate(spaces[1:], 1):
                 self._check_spaces(i, obs_space, act_space)
+            if self._transport == "shm":
+                shortfall = shm_shortfall(self._num * sum(_nbytes(space) for space in self.obs_space.values()))
+                if shortfall:
+                    warnings.warn(f"{shortfall}. Falling back to pipes for observations (slower for large images).")
+                    self._transport = "pipe"
             if self._transport == "shm":
                 self._shared = _SharedBatch(self.obs_space, self._num)
                 for i in range(self._num):
@@ -421,7 +451,7 @@ class BatchEnv:
         parent, child = self._context.Pipe()
         proc = self._context.Process(
             target=_worker_main,
-            args=(i, self._ctor, self._config_dict, child, self._transport),
+            args=(i, self._ctor, self._config_dict, child),
             name=f"env-worker-{i}",
             daemon=True,
         )
