@@ -260,7 +260,10 @@ class BatchEnv:
 
     `obs_space` and `act_space` are the spaces of one env. `step(actions)` takes
     a dict of arrays `[N, ...]` with the keys of `act_space` and returns a dict
-    of arrays `[N, ...]` with the keys of `obs_space`.
+    of fresh arrays `[N, ...]` (the caller owns them) with the keys of
+    `obs_space`; env i is `ctor(config, i)`, seeded by its index. Each call
+    waits for all envs. A restarted worker shows up as one row with
+    `is_last=True` and then `is_first=True`; `restart_log` lists the causes.
     """
 
     def __init__(
@@ -353,7 +356,12 @@ class BatchEnv:
             actions["reset"] = actions["reset"] | self._force_reset
             self._force_reset[:] = False
         if self._parallel == "none":
-            rows = [env.step({k: v[i] for k, v in actions.items()}) for i, env in enumerate(self._envs)]
+            rows = []
+            for i, env in enumerate(self._envs):
+                try:
+                    rows.append(env.step({k: v[i] for k, v in actions.items()}))
+                except Exception as error:  # the same error type as from a worker process
+                    raise EnvWorkerError(i, f"exception in the env while stepping:\n{traceback.format_exc()}") from error
             return self._stack(rows)
         for i in range(self._num):
             self._send(i, "step", {k: v[i] for k, v in actions.items()})

@@ -156,9 +156,10 @@ def test_killed_worker_beyond_max_restarts_stops_the_run_naming_it():
         assert info.value.index == 0
 
 
-def test_exception_in_a_worker_names_the_worker_and_carries_its_traceback():
-    env = BatchEnv(_config(envs=2), ctor=failing_ctor)
-    pids = env.worker_pids
+@pytest.mark.parametrize("parallel", ["process", "none"])
+def test_exception_in_a_worker_names_the_worker_and_carries_its_traceback(parallel):
+    env = BatchEnv(_config(envs=2), parallel=parallel, ctor=failing_ctor)
+    pids = [pid for pid in env.worker_pids if pid is not None]
     try:
         rng = np.random.default_rng(0)
         env.step(_actions(env, rng))
