@@ -337,20 +337,23 @@ def summarize(episodes: Sequence[Episode]) -> dict:
 
 def format_table(scores: dict) -> str:
     """The per-episode table and the summary lines printed after evaluation."""
-    header = f"{'episode':>7}  {'return':>10}  {'length':>6}  {'success':>7}  {'final dist':>10}  {'level':>5}"
+    header = (f"{'episode':>7}  {'return':>10}  {'length':>6}  {'success':>7}  {'targets':>7}  {'final dist':>10}  "
+              f"{'level':>5}")
     rows = [header, "-" * len(header)]
+
+    def show(value, fmt="{}"):
+        return "-" if value is None else fmt.format(value)
+
     for e in scores["per_episode"]:
         success = "-" if e["success"] is None else ("yes" if e["success"] else "no")
-        dist = "-" if e["final_distance"] is None else f"{e['final_distance']:.3f}"
-        level = "-" if e["level"] is None else str(e["level"])
-        rows.append(f"{e['episode']:>7}  {e['return']:>10.3f}  {e['length']:>6}  {success:>7}  {dist:>10}  {level:>5}")
+        rows.append(f"{e['episode']:>7}  {e['return']:>10.3f}  {e['length']:>6}  {success:>7}  "
+                    f"{show(e['targets_reached']):>7}  {show(e['final_distance'], '{:.3f}'):>10}  {show(e['level']):>5}")
     rows.append("-" * len(header))
     for name in ("return", "length", "final_distance"):
         s = scores.get(name)
         if s:
             rows.append(f"{name:<15} mean {s['mean']:.3f}  std {s['std']:.3f}  min {s['min']:.3f}  max {s['max']:.3f}")
-    rate = scores["success_rate"]
-    rows.append(f"{'success_rate':<15} " + ("-" if rate is None else f"{rate:.3f}"))
+    rows.append(f"{'success_rate':<15} {show(scores['success_rate'], '{:.3f}')}")
     return "\n".join(rows)
 
 
