@@ -393,6 +393,18 @@ class Trainer:
                     "--jax.debug_nans True to find the source.")
             self.save()
             return reason
+        except RunError:
+            raise
+        except Exception as error:
+            # An env worker that keeps failing, a full disk for videos, ...: keep the hours already trained.
+            progress.close()
+            try:
+                path = self.save()
+                self.say(f"Saved {path} at env step {self.counters['env_steps']} before stopping on "
+                         f"{type(error).__name__}; fix the cause and rerun the same command to resume.")
+            except Exception as save_error:  # noqa: BLE001 - report the original error, not this one
+                self.say(f"Could not save a checkpoint after {type(error).__name__}: {save_error}")
+            raise
         finally:
             progress.close()
 
@@ -459,6 +471,7 @@ def train(argv: Sequence[str]) -> str:
     import jax
 
     process_index = jax.process_index()
+    config_logdir_given = bool(config.logdir)
     rundir = resolve_logdir(config)
     check_writable(rundir)
     resume_from = find_resume(rundir, config, int(config.run.keep_checkpoints))
@@ -483,6 +496,8 @@ def train(argv: Sequence[str]) -> str:
     try:
         print(f"Run directory: {rundir}", flush=True)
         print(f"Watch it with: tensorboard --logdir {rundir}   (or: tail -f {rundir / 'metrics.jsonl'})", flush=True)
+        if not config_logdir_given:
+            print(f"To resume it later, rerun with --logdir {rundir}", flush=True)
         devices = mesh.devices.size
         hostinfo = f", process {hosts.process_id}/{hosts.num_processes} via {hosts.source}" if hosts else ""
         print(f"Devices: {devices} x {mesh.devices.flat[0].platform} on mesh axis 'data'{hostinfo}.", flush=True)

@@ -314,3 +314,28 @@ def test_nonfinite_updates_are_undone_then_stop_with_last_good_checkpoint(tmp_pa
     for key, value in saved.arrays.items():
         if np.issubdtype(value.dtype, np.floating):
             assert np.all(np.isfinite(value)), key
+
+
+def test_env_failure_mid_run_saves_before_stopping(tmp_path, capsys, monkeypatch):
+    from dreamer_rodent import train as train_module
+    from dreamer_rodent.parallel import EnvWorkerError
+
+    real_step = train_module.Driver.step
+    calls = {"n": 0}
+
+    def failing_step(self, policy):
+        calls["n"] += 1
+        if calls["n"] > 60:  # 120 env steps, past the prefill: training has started
+            raise EnvWorkerError(1, "its process (pid 1234) exited with signal 9")
+        return real_step(self, policy)
+
+    monkeypatch.setattr(train_module.Driver, "step", failing_step)
+    rundir = tmp_path / "crash"
+    assert main([*FAST, "--logdir", str(rundir), "--run.steps", "1000", "--run.save_every", "1e6"]) == 2
+    captured = capsys.readouterr()
+    assert "env worker 1 failed" in captured.err
+    assert "at env step 120 before stopping on EnvWorkerError" in captured.out
+    from dreamer_rodent import checkpoint as ckpt
+
+    saved = ckpt.load(rundir)
+    assert saved.step == 120 and saved.state["counters"]["train_steps"] > 0
