@@ -13,6 +13,7 @@ import collections
 import io
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -156,8 +157,15 @@ class Progress:
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=int(total), initial=int(initial), unit="step", dynamic_ncols=True,
-                             smoothing=0.05, desc="train")
+            try:
+                size = os.get_terminal_size(sys.stderr.fileno())
+            except OSError:
+                size = os.terminal_size((0, 0))
+            # Some pseudo-terminals report a 0x0 size, and tqdm then prints nothing at all.
+            sized = size.columns >= 40 and size.lines > 0
+            self._bar = tqdm(total=int(total), initial=int(initial), unit="step", dynamic_ncols=sized,
+                             ncols=None if sized else 110, nrows=None if sized else 24, smoothing=0.05,
+                             desc="train", mininterval=1.0)
         self._step = int(initial)
 
     def update(self, step: int, **info) -> None:

@@ -378,7 +378,7 @@ class Trainer:
                 if save_due:
                     self.save()
                     timers["save"] = time.monotonic()
-                progress.update(steps, fps=policy_steps / policy_time if policy_time else 0.0,
+                progress.update(steps, policy_fps=policy_steps / policy_time if policy_time else 0.0,
                                 ret=recent.mean("score") or 0.0, success=recent.mean("success") or 0.0)
             self._log(averages, policy_steps, policy_time, train_steps * per_train, train_time)
             if reason == "nonfinite":
