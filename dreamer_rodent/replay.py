@@ -145,6 +145,19 @@ class Replay:
         for i, stream in enumerate(streams):
             self.add({k: v[i] for k, v in steps.items()}, stream)
 
+    def end_episodes(self, key: str = "is_last") -> None:
+        """Marks the newest step of every stream as the end of its episode.
+
+        The driver restarts all envs when a run starts or resumes, which cuts the
+        running episodes short; without the mark, returns computed on replayed
+        sequences would run on into the next episode.
+        """
+        if self._spec is None or key not in self._spec:
+            return
+        for chunks in self._streams.values():
+            if chunks and chunks[-1].size:
+                chunks[-1].data[key][chunks[-1].size - 1] = True
+
     def _new_chunk(self, stream: int, start: int) -> _Chunk:
         data = {k: np.zeros((self.chunk,) + shape, dtype) for k, (shape, dtype) in self._spec.items()}
         chunk = _Chunk(stream, start, self._seq, data, 0)

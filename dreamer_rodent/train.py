@@ -295,6 +295,7 @@ class Trainer:
         pcarry = self.agent.init_policy(len(self.envs))
         tcarry = self.agent.init_train(self.batch_size)
         self.driver.reset()
+        self.replay.end_episodes()  # the reset cut every stream's running episode
         reason = "done"
 
         def policy(obs):

@@ -185,3 +185,17 @@ def test_resume_with_another_chunk_size_keeps_every_step(tmp_path):
         np.testing.assert_array_equal(np.diff(batch["index"][row]), 1)
         assert len(set(batch["stream_id"][row])) == 1
     assert batch["index"].max() == 39 and batch["index"].min() == 0
+
+
+def test_end_episodes_marks_the_newest_step_of_each_stream():
+    replay = Replay(length=4, capacity=1000, chunk=8)
+    for t in range(10):
+        for s in (0, 1):
+            replay.add({**_step(s, t), "is_last": np.bool_(False)}, stream=s)
+    replay.end_episodes()
+    for t in range(10, 14):
+        for s in (0, 1):
+            replay.add({**_step(s, t, first=t == 10), "is_last": np.bool_(False)}, stream=s)
+    batch = replay.sample(400)
+    for row in range(400):
+        np.testing.assert_array_equal(batch["is_last"][row], batch["index"][row] == 9)
