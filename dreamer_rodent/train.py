@@ -155,6 +155,32 @@ def make_agent(obs_space, act_space, config: Config, mesh):
     return Agent(obs_space, act_space, config, mesh=mesh)
 
 
+def replay_step_bytes(obs_space, act_space) -> int:
+    """Bytes one stored step takes (every non-log observation key plus the action)."""
+    spaces = list(obs_space.values()) + [act_space["action"]]
+    return sum(int(np.prod(s.shape, dtype=np.int64)) * s.dtype.itemsize for s in spaces)
+
+
+def check_replay_memory(obs_space, act_space, config: Config, say=print) -> None:
+    """A replay that cannot fit in RAM is an error now, not an out-of-memory kill hours later."""
+    # The replay grows to the capacity or to the run's length, whichever is smaller.
+    need = replay_step_bytes(obs_space, act_space) * int(min(config.replay.capacity, config.run.steps))
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        ram = 0
+    gib = 2**30
+    if ram and need > 0.9 * ram:
+        fit = int(0.5 * ram / replay_step_bytes(obs_space, act_space))
+        raise ConfigError(
+            f"replay.capacity={int(config.replay.capacity):,} steps (run.steps={int(config.run.steps):,}) needs "
+            f"{need / gib:.1f} GiB when full, but this "
+            f"machine has {ram / gib:.1f} GiB of RAM. Use --replay.capacity {fit:.1e} (half the RAM) or less."
+        )
+    if ram and need > 0.5 * ram:
+        say(f"Note: the replay will hold {need / gib:.1f} GiB when full ({ram / gib:.1f} GiB of RAM here).")
+
+
 def _finite(metrics) -> bool:
     """False if a loss, gradient, update or parameter norm of this update is NaN or inf.
 
@@ -192,6 +218,7 @@ class Trainer:
             self.envs = make_envs(config)
             self.obs_space = {k: v for k, v in self.envs.obs_space.items() if not k.startswith("log/")}
             self.act_space = {k: v for k, v in self.envs.act_space.items() if k != "reset"}
+            check_replay_memory(self.obs_space, self.act_space, config, say)
             self.agent = make_agent(self.obs_space, self.act_space, config, mesh)
             self.driver = Driver(self.envs, seed=int(config.seed) * 7919 + 1 + process_index)
             self.resumed = None

@@ -339,3 +339,11 @@ def test_env_failure_mid_run_saves_before_stopping(tmp_path, capsys, monkeypatch
 
     saved = ckpt.load(rundir)
     assert saved.step == 120 and saved.state["counters"]["train_steps"] > 0
+
+
+def test_replay_that_cannot_fit_in_ram_is_refused(tmp_path, capsys):
+    rundir = tmp_path / "huge"
+    assert main([*FAST, "--logdir", str(rundir), "--replay.capacity", "1e11", "--run.steps", "1e11"]) == 2
+    err = capsys.readouterr().err
+    assert "replay.capacity=100,000,000,000 steps" in err and "GiB of RAM. Use --replay.capacity" in err
+    assert not rundir.exists()
