@@ -117,6 +117,15 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = checkpoint_name(step)
         final = self.directory / name
+        if final.exists():
+            # Saved again at the same env step (a signal right after a resume or a save): nothing
+            # trains without env steps, so a complete checkpoint there already holds this state.
+            try:
+                verify(final)
+                _write_text(self.directory / LATEST, name + "\n")
+                return final
+            except CheckpointError:
+                os.rename(final, _free_name(final.with_name(name + ".corrupt")))
         tmp = self.directory / f"{name}.tmp{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -136,14 +145,7 @@ class Checkpointer:
         files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(tmp.iterdir())}
         _write_text(tmp / MANIFEST, json.dumps({"step": int(step), "files": files}, indent=1, sort_keys=True))
         _fsync_dir(tmp)
-        if final.exists():
-            # Same step saved again (e.g. a signal right after resuming): swap it out.
-            old = self.directory / f"{name}.old.tmp{os.getpid()}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        os.rename(tmp, final)
         _fsync_dir(self.directory)
         _write_text(self.directory / LATEST, name + "\n")
         self.prune()
@@ -202,7 +204,7 @@ class Checkpointer:
                 checkpoint = load(path, arrays=arrays)
             except CheckpointError as error:
                 errors.append(str(error))
-                corrupt = path.with_name(path.name + ".corrupt")
+                corrupt = _free_name(path.with_name(path.name + ".corrupt"))
                 try:
                     os.rename(path, corrupt)
                     where = f" It was moved to {corrupt}."
@@ -217,6 +219,15 @@ class Checkpointer:
                 + " Start a new run with another --logdir, or move the damaged directory away."
             )
         return None
+
+
+def _free_name(path: pathlib.Path) -> pathlib.Path:
+    """`path`, or `path.1`, `path.2`, ... if taken (never overwrite what a user may want to inspect)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def _config_text(config) -> str:

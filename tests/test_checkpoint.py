@@ -148,3 +148,17 @@ def test_find_accepts_run_checkpoints_or_ckpt_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint found"):
         ckpt.find(tmp_path / "empty")
+
+
+def test_saving_the_same_step_again_keeps_the_complete_one(tmp_path):
+    config = build_config(["debug"])
+    saver = ckpt.Checkpointer(tmp_path, keep=3)
+    first = saver.save(10, _arrays(1.0), _state(10), config, _replay(10))
+    manifest = (first / "MANIFEST.json").read_text()
+    again = saver.save(10, _arrays(1.0), _state(10), config, _replay(10))
+    assert again == first and (first / "MANIFEST.json").read_text() == manifest
+    # A damaged one at that step is moved aside (kept) and written anew.
+    (first / "agent.npz").write_bytes(b"garbage")
+    path = saver.save(10, _arrays(2.0), _state(10), config, _replay(10))
+    assert (tmp_path / "checkpoints" / "ckpt_000000010.corrupt").is_dir()
+    np.testing.assert_array_equal(ckpt.load(path).arrays["enc/w"], _arrays(2.0)["enc/w"])
