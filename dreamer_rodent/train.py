@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import math
 import os
 import pathlib
 import shutil
@@ -103,7 +102,10 @@ def find_resume(rundir: pathlib.Path, config: Config, keep: int):
     saver = ckpt.Checkpointer(rundir, keep)
     latest = saver.latest()
     if latest is not None:
-        old = Config.load(latest / "config.yaml") if (latest / "config.yaml").exists() else None
+        try:
+            old = Config.load(latest / "config.yaml")
+        except Exception:  # noqa: BLE001 - a damaged checkpoint is reported (and skipped) when it is loaded
+            old = None
         if old is not None:
             ckpt.check_compatible(old, config, latest)
         return latest
