@@ -347,3 +347,17 @@ def test_replay_that_cannot_fit_in_ram_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "replay.capacity=100,000,000,000 steps" in err and "GiB of RAM. Use --replay.capacity" in err
     assert not rundir.exists()
+
+
+def test_second_trainer_on_the_same_run_is_refused(tmp_path, capsys):
+    from dreamer_rodent.train import RunLock
+
+    rundir = tmp_path / "busy"
+    rundir.mkdir()
+    holder = RunLock(rundir)  # what a running trainer holds
+    try:
+        assert main([*FAST, "--logdir", str(rundir)]) == 2
+        assert "another training process is using" in capsys.readouterr().err
+        assert sorted(p.name for p in rundir.iterdir()) == [".lock"]
+    finally:
+        holder.release()
