@@ -187,3 +187,15 @@ def test_mesh_four_devices_matches_one_and_rejects_indivisible_batch():
     out = json.loads(proc.stdout.split("RESULT")[-1])
     np.testing.assert_allclose(out["mesh4"], out["single"], rtol=1e-4)
     assert "batch size 6" in out["error"] and "4 devices" in out["error"]
+
+
+@pytest.mark.parametrize("preset,millions", [("size1m", 1), ("size12m", 12)])
+def test_preset_parameter_counts_match_their_names(preset, millions):
+    """Counted from shapes only (jax.eval_shape) for a rodent obs space: within 25% of the preset's name."""
+    from dreamer_rodent.agent import count_params
+    obs = {"image": Space((64, 64, 3), np.uint8), "vestibular": Space((12,), np.float32),
+           "proprio": Space((100,), np.float32), "target": Space((3,), np.float32)}
+    counts = count_params(obs, {"action": Space((38,), np.float32, -1, 1)}, build_config([preset]))
+    assert abs(counts["total"] / (millions * 1e6) - 1) < 0.25, counts
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    assert set(counts) == {"encoder", "decoder", "rssm", "reward", "cont", "actor", "critic", "total"}
