@@ -8,51 +8,26 @@ and `log/...` metrics that never go to the agent. Terminal means the task ended
 the episode (discount 0); the time limit gives `is_last` without `is_terminal`.
 
 dm_control is imported on the first `make_env`, not with this module, so that a
-worker process can choose its EGL device first (see `select_egl_device`).
+worker process can choose its EGL device first (see `dreamer_rodent.egl`).
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import sys
 from typing import Any
 
 import numpy as np
 
 import dreamer_rodent  # noqa: F401  (sets MUJOCO_GL before dm_control is imported)
+from dreamer_rodent.egl import apply_egl_device
 from dreamer_rodent.spaces import Space
 
 LOG_PREFIX = "log/"
 THIRD_PERSON_CAMERAS = ("side_alt", "side", "back", "top")
 
 
-def select_egl_device(config, index: int) -> int | None:
-    """Sets MUJOCO_EGL_DEVICE_ID for this process before dm_control renders.
-
-    `env.egl_device >= 0` picks that device. With -1 a user-set
-    MUJOCO_EGL_DEVICE_ID wins; otherwise, on a machine with several NVIDIA GPUs,
-    env `index` goes to GPU `index % count`. Has no effect once dm_control's
-    renderer is imported (it opens the EGL display on import).
-    """
-    device = int(config.env.egl_device)
-    if os.environ.get("MUJOCO_GL", "egl") != "egl":
-        return None
-    if device < 0:
-        if "MUJOCO_EGL_DEVICE_ID" in os.environ:
-            return int(os.environ["MUJOCO_EGL_DEVICE_ID"])
-        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
-        if gpus <= 1:
-            return None
-        device = index % gpus
-    if "dm_control._render" not in sys.modules:
-        os.environ["MUJOCO_EGL_DEVICE_ID"] = str(device)
-    return device
-
-
 def make_env(config, index: int = 0) -> "Env":
     """Builds `config.task` seeded with `seed * env.seed_stride + index`."""
-    select_egl_device(config, index)
+    apply_egl_device(config, index)
     from tasks import registry
 
     entry = registry.get(config.task)  # unknown names raise, listing the known ones

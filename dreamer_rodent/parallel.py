@@ -23,7 +23,6 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import signal
 import time
 import traceback
@@ -34,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from dreamer_rodent.config import Config
+from dreamer_rodent.egl import egl_device_for
 from dreamer_rodent.spaces import Space
 
 EnvCtor = Callable[[Config, int], Any]
@@ -46,62 +46,6 @@ class EnvWorkerError(RuntimeError):
         self.index = index
         self.cause = cause
         super().__init__(f"env worker {index} failed: {cause}")
-
-
-# --------------------------------------------------------------------------
-# GPU selection for rendering.
-
-
-def select_egl_device(
-    index: int,
-    egl_device: int = -1,
-    cuda_visible_devices: str | None = None,
-    gpu_count: int = 0,
-    preset: str | None = None,
-) -> str | None:
-    """The `MUJOCO_EGL_DEVICE_ID` for worker `index`, or None to leave it unset.
-
-    Spreads rendering over GPUs so that N workers do not all render on GPU 0.
-    Order of precedence: `egl_device >= 0` pins one device; a value the user
-    already exported (`preset`) is kept; else round robin over the integer ids
-    in CUDA_VISIBLE_DEVICES (EGL enumerates physical devices, so the listed
-    physical ids are the right ones); else round robin over `gpu_count`
-    devices; with no GPU (CPU/Mesa) None.
-    """
-    if egl_device >= 0:
-        return str(int(egl_device))
-    if preset not in (None, ""):
-        return str(preset)
-    if cuda_visible_devices is not None:
-        entries = [e.strip() for e in cuda_visible_devices.split(",") if e.strip()]
-        if not entries or entries[0] == "-1":
-            return None  # CUDA hidden on purpose: render wherever EGL picks.
-        if all(re.fullmatch(r"\d+", e) for e in entries):
-            return entries[index % len(entries)]
-        # UUIDs or MIG names have no EGL index we can derive: fall back to the
-        # position in the list, which is right when all GPUs are listed in order.
-        return str(index % len(entries))
-    if gpu_count > 0:
-        return str(index % gpu_count)
-    return None
-
-
-def count_nvidia_gpus() -> int:
-    """Number of NVIDIA GPUs the driver exposes (device files /dev/nvidiaN)."""
-    try:
-        return sum(1 for name in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", name))
-    except OSError:
-        return 0
-
-
-def _worker_egl_device(config: Config, index: int) -> str | None:
-    return select_egl_device(
-        index,
-        int(config.env.egl_device) if "env.egl_device" in config else -1,
-        os.environ.get("CUDA_VISIBLE_DEVICES"),
-        count_nvidia_gpus(),
-        os.environ.get("MUJOCO_EGL_DEVICE_ID"),
-    )
 
 
 # --------------------------------------------------------------------------
@@ -466,7 +410,7 @@ class BatchEnv:
         # The child reads MUJOCO_EGL_DEVICE_ID when dm_control is first imported,
         # which may happen while spawn re-imports the parent's __main__; setting it
         # in our environment around start() makes the child inherit it from birth.
-        device = _worker_egl_device(Config(self._config_dict), i)
+        device = egl_device_for(Config(self._config_dict), i)
         previous = os.environ.get("MUJOCO_EGL_DEVICE_ID")
         try:
             if device is not None:

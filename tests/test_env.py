@@ -114,12 +114,16 @@ def test_action_repeat_steps_the_physics_repeatedly_and_sums_rewards():
 
 
 def test_egl_device_selection(monkeypatch):
-    from dreamer_rodent.env import select_egl_device
+    from dreamer_rodent.egl import apply_egl_device
 
+    monkeypatch.setenv("MUJOCO_GL", "egl")
     monkeypatch.delenv("MUJOCO_EGL_DEVICE_ID", raising=False)
-    assert select_egl_device(_config(**{"env.egl_device": 2}), 0) == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert apply_egl_device(_config(**{"env.egl_device": 2}), 0) == 2
     monkeypatch.setenv("MUJOCO_EGL_DEVICE_ID", "1")
-    assert select_egl_device(_config(), 5) == 1  # a user's choice wins over the worker index
+    assert apply_egl_device(_config(), 5) == 1  # a user's choice wins over the worker index
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")
+    assert apply_egl_device(_config(**{"env.egl_device": 2}), 0) is None  # only EGL has devices
 
 
 def test_keys_without_image_render_nothing(monkeypatch):

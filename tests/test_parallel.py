@@ -15,7 +15,8 @@ import pytest
 
 from dreamer_rodent.config import build_config
 from dreamer_rodent.env import make_env
-from dreamer_rodent.parallel import BatchEnv, EnvWorkerError, select_egl_device
+from dreamer_rodent.egl import select_egl_device
+from dreamer_rodent.parallel import BatchEnv, EnvWorkerError
 
 
 def _config(envs=2, **flags):

@@ -22,7 +22,6 @@ Choices where the papers leave room (documented so they can be revisited):
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping
 
 import jax
