@@ -285,11 +285,13 @@ def build_config(presets_names: Iterable[str] = (), flags: Mapping[str, Any] | N
     return Config(data)
 
 
-def parse_args(argv: Iterable[str], extra_flags: Mapping[str, Any] | None = None) -> tuple[Config, dict]:
-    """Parses `--configs a b --key.sub value ...` into a config.
+def split_flags(argv: Iterable[str], extra_flags: Mapping[str, Any] | None = None) -> tuple[list[str], dict, dict]:
+    """Tokenizes `--configs a b --key.sub value ... --flag` without resolving keys.
 
-    `extra_flags` names flags that are not config keys (with their defaults), such
-    as eval's `--checkpoint`; they are returned separately.
+    Returns the preset names, the dotted config flags (values as strings or lists
+    of strings) and the `extra_flags` (non-config flags such as eval's
+    `--checkpoint`, with their defaults) as given. A value may be a negative
+    number; a bare `--flag` means true.
     """
     argv = list(argv)
     extra = dict(extra_flags or {})
@@ -298,16 +300,14 @@ def parse_args(argv: Iterable[str], extra_flags: Mapping[str, Any] | None = None
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if not arg.startswith("--"):
+        if not arg.startswith("--") or len(arg) == 2:
             raise ConfigError(f"unexpected argument '{arg}': flags look like --key value.")
         key, eq, inline = arg[2:].partition("=")
-        key = key.replace("-", "_") if key in ("from-checkpoint",) else key
         values = [inline] if eq else []
-        j = i + 1
-        while not eq and j < len(argv) and not (argv[j].startswith("--") and len(argv[j]) > 2 and not _is_number(argv[j])):
-            values.append(argv[j])
-            j += 1
-        i = j
+        i += 1
+        while not eq and i < len(argv) and not (argv[i].startswith("--") and len(argv[i]) > 2 and not _is_number(argv[i])):
+            values.append(argv[i])
+            i += 1
         if key == "configs":
             names.extend(v for value in values for v in value.split(",") if v)
             continue
@@ -325,6 +325,16 @@ def parse_args(argv: Iterable[str], extra_flags: Mapping[str, Any] | None = None
             flags[key] = values[0]
         else:
             flags[key] = values
+    return names, flags, extra
+
+
+def parse_args(argv: Iterable[str], extra_flags: Mapping[str, Any] | None = None) -> tuple[Config, dict]:
+    """Parses `--configs a b --key.sub value ...` into a config.
+
+    `extra_flags` names flags that are not config keys (with their defaults), such
+    as eval's `--checkpoint`; they are returned separately.
+    """
+    names, flags, extra = split_flags(argv, extra_flags)
     return build_config(names, flags), extra
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 import dreamer_rodent  # noqa: F401  (sets MUJOCO_GL before dm_control is imported)
 from dreamer_rodent import video
-from dreamer_rodent.config import Config, ConfigError
+from dreamer_rodent.config import Config, ConfigError, split_flags
 
 DEFAULT_FPS = 50.0  # the rodents' 20 ms control step
 DREAM_SEQUENCES = 4  # episodes shown one above the other in the dream video
@@ -147,32 +147,13 @@ def parse_eval_args(argv: Sequence[str]) -> EvalArgs:
 
 def _parse_overrides(rest: Sequence[str]) -> dict:
     """`--key.sub value` pairs left over by argparse -> {'key.sub': 'value'}."""
-    overrides: dict[str, Any] = {}
-    i = 0
-    rest = list(rest)
-    while i < len(rest):
-        arg = rest[i]
-        if not arg.startswith("--") or len(arg) == 2:
-            raise EvalError(f"unexpected argument '{arg}': flags look like --key value (see --help).")
-        key, eq, value = arg[2:].partition("=")
-        values = [value] if eq else []
-        i += 1
-        while not eq and i < len(rest) and not (rest[i].startswith("--") and not _is_number(rest[i])):
-            values.append(rest[i])
-            i += 1
-        if not values:
-            overrides[key] = "true"
-        else:
-            overrides[key] = values[0] if len(values) == 1 else values
-    return overrides
-
-
-def _is_number(text: str) -> bool:
     try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+        names, overrides, _ = split_flags(rest)
+    except ConfigError as e:
+        raise EvalError(f"{e} (see --help).") from None
+    if names:
+        raise EvalError("--configs does not apply to eval: the run's saved config is used; override single keys instead.")
+    return overrides
 
 
 # ---------------------------------------------------------------------------
