@@ -43,7 +43,7 @@ class Space:
         high = np.broadcast_to(np.asarray(self.high, np.float64), self.shape)
         low = np.where(np.isfinite(low), low, -1.0)
         high = np.where(np.isfinite(high), high, 1.0)
-        return rng.uniform(low, high).astype(self.dtype)
+        return np.asarray(rng.uniform(low, high), dtype=self.dtype)
 
     def to_dict(self) -> dict:
         """Plain data for checkpoints and configs (no pickle)."""
