@@ -10,6 +10,7 @@ depend on) and also saved as MP4 under `videos/`.
 from __future__ import annotations
 
 import collections
+import datetime
 import io
 import json
 import math
@@ -148,12 +149,19 @@ class Logger:
 class Progress:
     """A tqdm bar over env steps with fps, recent return, success rate and ETA.
 
-    Off when `enabled` is false or stderr is not a terminal (logs stay clean in
-    batch jobs; metrics.jsonl has the same numbers).
+    When stderr is not a terminal (batch jobs, `docker logs`, a redirected
+    nohup) a bar would fill the log with carriage returns, so a plain status
+    line is printed every `plain_every` seconds instead. `enabled=False`
+    silences both; metrics.jsonl has the same numbers.
     """
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True):
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, plain_every: float = 60.0):
         self._bar = None
+        self._plain = enabled and not sys.stderr.isatty()
+        self._plain_every = float(plain_every)
+        self._total = int(total)
+        self._start = (time.monotonic(), int(initial))
+        self._last_plain = time.monotonic()
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -170,12 +178,26 @@ class Progress:
 
     def update(self, step: int, **info) -> None:
         if self._bar is None:
+            if self._plain and time.monotonic() - self._last_plain >= self._plain_every:
+                self._last_plain = time.monotonic()
+                print(self._status(int(step), info), flush=True)
             return
         self._bar.update(max(0, int(step) - self._step))
         self._step = int(step)
         if info:
             self._bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in info.items()},
                                   refresh=False)
+
+    def _status(self, step: int, info: dict) -> str:
+        """`step 1200/3000 (40%) | 61.2 steps/s | ETA 0:00:29 | return 3.1 ...` for plain logs."""
+        elapsed = time.monotonic() - self._start[0]
+        fps = (step - self._start[1]) / elapsed if elapsed > 0 else 0.0
+        eta = (self._total - step) / fps if fps > 0 else float("nan")
+        eta_text = str(datetime.timedelta(seconds=int(eta))) if eta == eta else "?"
+        parts = [f"step {step}/{self._total} ({100.0 * step / max(self._total, 1):.0f}%)",
+                 f"{fps:.1f} steps/s", f"ETA {eta_text}"]
+        parts += [f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()]
+        return " | ".join(parts)
 
     def write(self, text: str) -> None:
         """Prints a line without breaking the bar."""

@@ -315,7 +315,8 @@ class Trainer:
         per_train = self.batch_size * self.length
         ratio = float(config.run.train_ratio)
         streams = [self.process_index * len(self.envs) + i for i in range(len(self.envs))]
-        progress = Progress(total, self.counters["env_steps"], bool(config.run.progress) and self.process_index == 0)
+        progress = Progress(total, self.counters["env_steps"], bool(config.run.progress) and self.process_index == 0,
+                            plain_every=min(60.0, float(config.run.log_every)))
         averages, recent = Averages(), Recent(20)
         timers = {"log": time.monotonic(), "save": time.monotonic(), "video": time.monotonic()}
         policy_time = train_time = 0.0
