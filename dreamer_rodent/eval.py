@@ -569,9 +569,9 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
     fps = control_fps(env)
     obs_space = {k: v for k, v in env.obs_space.items() if not k.startswith("log/")}
     act_space = {k: v for k, v in env.act_space.items() if k != "reset"}
-    from dreamer_rodent.agent import Agent
+    from dreamer_rodent.agent import Agent, with_task_keys
 
-    agent = Agent(obs_space, act_space, config, mesh=None)
+    agent = Agent(obs_space, act_space, with_task_keys(config, obs_space), mesh=None)
     try:
         agent.load(_reseed_policy(loaded.arrays, int(config.seed)))
     except (KeyError, ValueError) as error:

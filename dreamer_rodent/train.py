@@ -152,9 +152,9 @@ def make_envs(config: Config):
 
 
 def make_agent(obs_space, act_space, config: Config, mesh):
-    from dreamer_rodent.agent import Agent
+    from dreamer_rodent.agent import Agent, with_task_keys
 
-    return Agent(obs_space, act_space, config, mesh=mesh)
+    return Agent(obs_space, act_space, with_task_keys(config, obs_space), mesh=mesh)
 
 
 def replay_step_bytes(obs_space, act_space) -> int:

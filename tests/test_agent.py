@@ -199,3 +199,16 @@ def test_preset_parameter_counts_match_their_names(preset, millions):
     assert abs(counts["total"] / (millions * 1e6) - 1) < 0.25, counts
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
     assert set(counts) == {"encoder", "decoder", "rssm", "reward", "cont", "actor", "critic", "total"}
+
+
+def test_task_keys_other_than_target_reach_the_task_encoder():
+    """escape_bowl emits 'origin', two_touch 'task_state': the agent train/eval build must not drop them."""
+    from dreamer_rodent.train import make_agent
+
+    obs_space, act_space = spaces(image=False)
+    obs_space["origin"] = Space((3,), np.float32)
+    obs_space["task_state"] = Space((4,), np.float32)
+    agent = make_agent(obs_space, {"action": act_space["action"]}, build_config(["debug"]), None)
+    task = {name: keys for name, keys, _, _ in agent.spec["groups"]}["task"]
+    assert task[0] == "target" and {"origin", "task_state"} <= set(task)
+    assert "origin" not in agent.ignored_keys and "task_state" not in agent.ignored_keys

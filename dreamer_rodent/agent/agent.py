@@ -38,6 +38,7 @@ f32 = jnp.float32
 sg = jax.lax.stop_gradient
 
 BOOKKEEPING_KEYS = ("reward", "is_first", "is_last", "is_terminal")
+SENSORY_KEYS = ("image", "vestibular", "proprio")  # the env adapter's non-task sensory keys
 GROUPS = (("vestibular", "vestibular_keys", "vestibular_units"), ("proprio", "proprio_keys", "proprio_units"),
           ("task", "task_keys", "task_units"))
 MODULE_PREFIXES = (
@@ -102,6 +103,26 @@ def build_spec(obs_space: Mapping[str, Any], act_space: Mapping[str, Any], confi
         enc_layers=ac.enc_layers, dec_layers=ac.dec_layers, head_layers=ac.head_layers, ac_layers=ac.ac_layers,
         bins=ac.bins, minstd=ac.minstd, maxstd=ac.maxstd,
     )
+
+
+def with_task_keys(config, obs_space: Mapping[str, Any]):
+    """`config` with every task key of the env's obs space added to `agent.task_keys`.
+
+    The env adapter emits each task observable under its own name (`target`;
+    `origin` in escape_bowl; `task_state` and `target` in two_touch; ...). A key
+    that no `agent.*_keys` list names would never reach the agent, so an obs key
+    that is not bookkeeping, `log/`, a sensory group or already claimed is a task
+    key and goes to the task encoder. Train and eval both build their agent
+    through this, so a run's config.yaml rebuilds the same agent.
+    """
+    ac = config.agent
+    claimed = set(ac.image_keys) | set(ac.vestibular_keys) | set(ac.proprio_keys) | set(ac.task_keys)
+    extra = [k for k, space in obs_space.items()
+             if k not in claimed and k not in BOOKKEEPING_KEYS and k not in SENSORY_KEYS and not k.startswith("log/")
+             and len(space.shape) <= 1 and np.issubdtype(space.dtype, np.floating)]
+    if not extra:
+        return config
+    return config.update({"agent.task_keys": list(ac.task_keys) + extra})
 
 
 def obs_keys(spec) -> list[str]:
