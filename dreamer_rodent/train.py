@@ -65,6 +65,16 @@ def check_config(config: Config) -> None:
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"config key '{key}' must be {rule}, got {config[key]!r}.")
+    if "image" in config.env.keys and "image" in config.agent.image_keys:
+        # The agent checks this too, but only after the env workers started; a ValueError there was a traceback.
+        stages, size = len(config.agent.cnn_mults), int(config.env.image_size)
+        if size % 2**stages or size < 2**stages:
+            fits = sorted({max(1, round(size / 2**stages)) * 2**stages, max(1, size // 2**stages) * 2**stages})
+            raise ConfigError(
+                f"env.image_size={size} does not fit the image CNN: its {stages} stride-2 stages (agent.cnn_mults="
+                f"{list(config.agent.cnn_mults)}) need a size divisible by {2**stages}. Use --env.image_size "
+                f"{' or '.join(str(f) for f in fits)}, or run without images (--configs proprio_only)."
+            )
 
 
 def resolve_logdir(config: Config, now: datetime.datetime | None = None) -> pathlib.Path:

@@ -361,3 +361,12 @@ def test_second_trainer_on_the_same_run_is_refused(tmp_path, capsys):
         assert sorted(p.name for p in rundir.iterdir()) == [".lock"]
     finally:
         holder.release()
+
+
+def test_image_size_that_the_cnn_cannot_halve_is_a_config_error(tmp_path, capsys):
+    rundir = tmp_path / "run"
+    assert main([*FAST, "--logdir", str(rundir), "--env.image_size", "24"]) == 2
+    err = capsys.readouterr().err
+    assert "env.image_size=24" in err and "divisible by 16" in err and "--env.image_size 16 or 32" in err
+    assert "Traceback" not in err
+    assert not rundir.exists()
