@@ -527,8 +527,9 @@ class BatchEnv:
         if self._curriculum_cache[i] is not None:
             self._call(i, "load_curriculum_state", (self._curriculum_cache[i],))
         last = self._last_obs[i]
-        if last is None:
-            # No episode to end yet: start one now and hand out its first step.
+        if last is None or bool(np.asarray(last.get("is_last", False))):
+            # No running episode to end (none yet, or it ended on the last step): start one now and hand
+            # out its first step. Ending the ended one again would count one episode twice downstream.
             reset_step = {k: v[i] for k, v in actions.items()}
             if "reset" in reset_step:
                 reset_step["reset"] = np.asarray(True)

@@ -197,3 +197,19 @@ def test_bad_actions_and_settings_are_named():
             env.load_curriculum_states([{}])
     with pytest.raises(ValueError, match="run.env_parallel must be 'process' or 'none', got 'threads'"):
         BatchEnv(_config(), parallel="threads")
+
+
+def test_worker_killed_right_after_its_episode_ended_starts_the_next_one():
+    """An episode that already ended (is_last) is not ended a second time by the restart."""
+    rng = np.random.default_rng(2)
+    with BatchEnv(_config(envs=2, **{"env.time_limit": 0.1}), step_timeout=60, max_restarts=1) as env:
+        obs = env.step(_actions(env, rng))
+        for _ in range(50):
+            if obs["is_last"][1]:
+                break
+            obs = env.step(_actions(env, rng, reset=obs["is_last"]))
+        assert obs["is_last"][1]
+        os.kill(env.worker_pids[1], signal.SIGKILL)
+        after = env.step(_actions(env, rng, reset=obs["is_last"]))
+        assert env.restart_log and env.restart_log[0][0] == 1
+        assert after["is_first"][1] and not after["is_last"][1]
