@@ -193,6 +193,22 @@ def check_replay_memory(obs_space, act_space, config: Config, say=print) -> None
         say(f"Note: the replay will hold {need / gib:.1f} GiB when full ({ram / gib:.1f} GiB of RAM here).")
 
 
+def replayed_per_update(batch_size: int, length: int, mesh) -> float:
+    """Replayed steps of this host's own data in one update, for the train ratio.
+
+    `batch_size` is the global batch. Each host samples from its own replay and
+    the mesh takes the rows of its local devices from it, so with several hosts
+    one update replays `batch_size / hosts` of each host's sequences. Counting the
+    whole global batch against one host's env steps would train `hosts` times
+    less often than `run.train_ratio` says.
+    """
+    share = 1.0
+    if mesh is not None:
+        local = len(getattr(mesh, "local_devices", ())) or mesh.devices.size
+        share = local / mesh.devices.size
+    return float(batch_size) * float(length) * share
+
+
 def _finite(metrics) -> bool:
     """False if a loss, gradient, update or parameter norm of this update is NaN or inf.
 
@@ -322,7 +338,7 @@ class Trainer:
         """Trains until run.steps env steps or a stop; returns why it stopped."""
         config = self.config
         total = int(config.run.steps)
-        per_train = self.batch_size * self.length
+        per_train = replayed_per_update(self.batch_size, self.length, self.mesh)
         ratio = float(config.run.train_ratio)
         streams = [self.process_index * len(self.envs) + i for i in range(len(self.envs))]
         progress = Progress(total, self.counters["env_steps"], bool(config.run.progress) and self.process_index == 0,

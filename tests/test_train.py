@@ -370,3 +370,18 @@ def test_image_size_that_the_cnn_cannot_halve_is_a_config_error(tmp_path, capsys
     assert "env.image_size=24" in err and "divisible by 16" in err and "--env.image_size 16 or 32" in err
     assert "Traceback" not in err
     assert not rundir.exists()
+
+
+def test_train_ratio_counts_this_hosts_share_of_the_global_batch():
+    """Each host replays batch_size / hosts of its own sequences per update; the ratio is per host env step."""
+    import types
+
+    import jax
+
+    from dreamer_rodent.train import replayed_per_update
+
+    one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    assert replayed_per_update(16, 64, one) == 16 * 64
+    assert replayed_per_update(16, 64, None) == 16 * 64
+    two_hosts = types.SimpleNamespace(devices=np.zeros((8,)), local_devices=[0, 1, 2, 3])
+    assert replayed_per_update(16, 64, two_hosts) == 8 * 64
