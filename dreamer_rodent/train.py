@@ -65,6 +65,12 @@ def check_config(config: Config) -> None:
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"config key '{key}' must be {rule}, got {config[key]!r}.")
+    if config.agent.get("train_carry", False):
+        raise ConfigError(
+            "agent.train_carry=True carries each batch row's last latent state into the next batch, which is only "
+            "right for a replay that serves consecutive chunks; this runtime's replay samples sequences uniformly, "
+            "so the carried state would belong to an unrelated sequence. Drop --agent.train_carry."
+        )
     if "image" in config.env.keys and "image" in config.agent.image_keys:
         # The agent checks this too, but only after the env workers started; a ValueError there was a traceback.
         stages, size = len(config.agent.cnn_mults), int(config.env.image_size)

@@ -385,3 +385,10 @@ def test_train_ratio_counts_this_hosts_share_of_the_global_batch():
     assert replayed_per_update(16, 64, None) == 16 * 64
     two_hosts = types.SimpleNamespace(devices=np.zeros((8,)), local_devices=[0, 1, 2, 3])
     assert replayed_per_update(16, 64, two_hosts) == 8 * 64
+
+
+def test_train_carry_with_uniform_replay_is_refused(tmp_path, capsys):
+    rundir = tmp_path / "run"
+    assert main([*FAST, "--logdir", str(rundir), "--run.steps", "80", "--agent.train_carry", "true"]) == 2
+    assert "agent.train_carry" in capsys.readouterr().err
+    assert not rundir.exists()
