@@ -370,6 +370,7 @@ def load_runs(out: pathlib.Path, seeds: Iterable[int]):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    full = list(argv)
     rest: list[str] = []
     if "--" in argv:
         i = argv.index("--")
@@ -389,6 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
     train_argv = ["--task", args.task, *rest, "--run.progress", "False"]
+    command_file = out / "command.json"
+    if not args.plot_only:
+        out.mkdir(parents=True, exist_ok=True)
+        command_file.write_text(json.dumps({"argv": ["eval/learn.py", *full],
+                                            "task": args.task, "train_args": rest}) + "\n")
+    title = f"{args.task}: {' '.join(rest)}"
+    if args.plot_only and command_file.exists():
+        saved = json.loads(command_file.read_text())
+        title = f"{saved['task']}: {' '.join(saved['train_args'])}"
 
     if not args.plot_only:
         for seed in args.seeds:
@@ -407,8 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (out / "random" / DONE).exists():
             dones["random"] = json.loads((out / "random" / DONE).read_text())
     summaries = write_csvs(out, all_runs, args.level, args.window, args.threshold, dones)
-    plot(out / "curve.png", runs, args.level, args.window, args.threshold,
-         f"{args.task}: {' '.join(rest)}", baseline)
+    plot(out / "curve.png", runs, args.level, args.window, args.threshold, title, baseline)
     print(f"\n{'seed':>7} {'episodes':>8} {'env steps':>9} {'wall s':>8} {'steps to ' + format(args.threshold, 'g'):>13} "
           f"{'wall s to':>9} {'success':>7} {'return':>8} {'level':>5}")
     for s in summaries:
