@@ -156,7 +156,12 @@ class Replay:
             return
         for chunks in self._streams.values():
             if chunks and chunks[-1].size:
-                chunks[-1].data[key][chunks[-1].size - 1] = True
+                chunk = chunks[-1]
+                chunk.data[key][chunk.size - 1] = True
+                if chunk.file is not None:
+                    # A full chunk is written once; this one changed after it was, so the next save
+                    # rewrites it (same shapes, same size) or a later resume would lose the mark.
+                    chunk.file = None
 
     def _new_chunk(self, stream: int, start: int) -> _Chunk:
         data = {k: np.zeros((self.chunk,) + shape, dtype) for k, (shape, dtype) in self._spec.items()}

@@ -199,3 +199,21 @@ def test_end_episodes_marks_the_newest_step_of_each_stream():
     batch = replay.sample(400)
     for row in range(400):
         np.testing.assert_array_equal(batch["is_last"][row], batch["index"][row] == 9)
+
+
+def test_end_mark_on_an_already_saved_full_chunk_survives_the_next_save(tmp_path):
+    """A resume whose newest step ends a full (already written) chunk: the mark reaches the next checkpoint."""
+    replay = Replay(length=4, capacity=1000, chunk=8)
+    for t in range(8):
+        replay.add({**_step(0, t), "is_last": np.bool_(False)}, stream=0)
+    chunks = tmp_path / "replay"
+    replay.save(chunks, tmp_path / "ckpt1")
+    replay.end_episodes()
+    for t in range(8, 12):
+        replay.add({**_step(0, t, first=t == 8), "is_last": np.bool_(False)}, stream=0)
+    manifest = replay.save(chunks, tmp_path / "ckpt2")
+    restored = Replay(length=4, capacity=1000, chunk=8)
+    restored.load(manifest, chunks, tmp_path / "ckpt2")
+    batch = restored.sample(200)
+    for row in range(200):
+        np.testing.assert_array_equal(batch["is_last"][row], batch["index"][row] == 7)
