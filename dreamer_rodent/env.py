@@ -163,6 +163,19 @@ class Env:
             self._pending = None
             self._done = True
 
+    def reseed(self, seed: int) -> None:
+        """Reseeds the task's random state; the next step starts an episode drawn from it.
+
+        A resumed run rebuilds its envs with the run's seeds; without a new seed
+        they would replay the random draws (spawn poses, targets, mazes) of the
+        run's first episodes after every resume.
+        """
+        self._env.random_state.seed(int(seed) % 2**32)
+        self.seed = int(seed)
+        if self._pending is not None:  # drawn from the old seed: draw again
+            self._pending = None
+            self._done = True
+
     @property
     def dt(self) -> float:
         """Simulated seconds per `step` (control timestep x action repeat)."""

@@ -346,6 +346,13 @@ class BatchEnv:
         self._call_all("load_curriculum_state", [(s,) for s in states])
         self._curriculum_cache = states
 
+    def reseed(self, seeds: Sequence[int]) -> None:
+        """Reseeds each env's task random state (one seed per env), e.g. when a run resumes."""
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != self._num:
+            raise ValueError(f"reseed got {len(seeds)} seeds for {self._num} envs.")
+        self._call_all("reseed", [(s,) for s in seeds])
+
     def close(self) -> None:
         if self._closed:
             return

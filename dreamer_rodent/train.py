@@ -215,6 +215,12 @@ def replayed_per_update(batch_size: int, length: int, mesh) -> float:
     return float(batch_size) * float(length) * share
 
 
+def resume_env_seeds(seed: int, env_steps: int, num: int, process_index: int = 0) -> list[int]:
+    """One task seed per env for a run resumed at `env_steps` (deterministic, distinct per env and host)."""
+    sequence = np.random.SeedSequence([int(seed), int(env_steps), int(process_index)])
+    return [int(x) for x in sequence.generate_state(num, np.uint32)]
+
+
 def _finite(metrics) -> bool:
     """False if a loss, gradient, update or parameter norm of this update is NaN or inf.
 
@@ -324,6 +330,11 @@ class Trainer:
                 curriculum = [curriculum[i % len(curriculum)] for i in range(len(self.envs))]
             self.envs.load_curriculum_states(curriculum)
             self._curriculum = curriculum
+        if hasattr(self.envs, "reseed"):
+            # Fresh env seeds for each resume (they follow the env step reached), or every resume would
+            # replay the random draws of the run's first episodes.
+            self.envs.reseed(resume_env_seeds(int(self.config.seed), self.counters["env_steps"], len(self.envs),
+                                              self.process_index))
         loaded.load_replay(self.replay)
         self.resumed = loaded
         self.say(

@@ -207,3 +207,23 @@ def test_image_is_the_current_egocentric_view():
     np.testing.assert_array_equal(obs["image"], direct)
     assert not np.array_equal(images[0], images[-1])  # the view follows the moving ball
     env.close()
+
+
+def test_reseed_draws_new_episodes_and_is_deterministic():
+    """A resumed run reseeds its envs so that it does not replay the run's first episodes."""
+    config = _config(**{"env.keys": NO_IMAGE})
+    zero = {"action": np.zeros(make_env(config).act_space["action"].shape, np.float32), "reset": True}
+
+    def targets(reseed=None, episodes=3):
+        env = make_env(config, 0)
+        if reseed is not None:
+            env.reseed(reseed)
+        out = [env.step(dict(zero))["target"] for _ in range(episodes)]
+        env.close()
+        return np.stack(out)
+
+    base, again = targets(), targets()
+    np.testing.assert_array_equal(base, again)
+    new, new_again = targets(reseed=12345), targets(reseed=12345)
+    np.testing.assert_array_equal(new, new_again)
+    assert not np.allclose(base, new)

@@ -392,3 +392,25 @@ def test_train_carry_with_uniform_replay_is_refused(tmp_path, capsys):
     assert main([*FAST, "--logdir", str(rundir), "--run.steps", "80", "--agent.train_carry", "true"]) == 2
     assert "agent.train_carry" in capsys.readouterr().err
     assert not rundir.exists()
+
+
+def test_resume_reseeds_the_envs_from_the_step_reached(tmp_path):
+    """Without it every resume replays the random draws (spawns, targets) of the run's first episodes."""
+    from dreamer_rodent import distributed
+    from dreamer_rodent.config import parse_args
+    from dreamer_rodent.train import Trainer, resume_env_seeds
+
+    rundir = tmp_path / "run"
+    args = [*FAST, "--logdir", str(rundir), "--run.steps", "80", "--run.env_parallel", "none"]
+    assert main(args) == 0
+    config, _ = parse_args(args)
+    config = config.update({"logdir": str(rundir)})
+    trainer = Trainer(config, rundir, distributed.make_mesh(config), resume_from=rundir, say=lambda *a: None)
+    try:
+        step = trainer.counters["env_steps"]
+        assert step >= 80
+        seeds = [env.seed for env in trainer.envs._envs]
+        assert seeds == resume_env_seeds(int(config.seed), step, len(seeds))
+        assert len(set(seeds)) == len(seeds) and seeds != [0, 1]
+    finally:
+        trainer.close()
