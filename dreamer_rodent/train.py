@@ -266,6 +266,12 @@ class Trainer:
                 self._resume()
             elif config.run.from_checkpoint:
                 self._warm_start(config.run.from_checkpoint)
+            if (self.resumed is not None or process_index > 0) and hasattr(self.envs, "reseed"):
+                # Envs are built with seeds `seed * env.seed_stride + local index`. A resume reseeds them from
+                # the step reached, or every resume would replay the spawns and targets of the run's first
+                # episodes; every host but the first reseeds too, or all hosts would draw the same episodes.
+                self.envs.reseed(resume_env_seeds(int(config.seed), self.counters["env_steps"], len(self.envs),
+                                                  process_index))
             self.logger = Logger(rundir, bool(config.logging.tensorboard), float(config.logging.video_fps),
                                  process_index)
         except BaseException:
@@ -330,11 +336,6 @@ class Trainer:
                 curriculum = [curriculum[i % len(curriculum)] for i in range(len(self.envs))]
             self.envs.load_curriculum_states(curriculum)
             self._curriculum = curriculum
-        if hasattr(self.envs, "reseed"):
-            # Fresh env seeds for each resume (they follow the env step reached), or every resume would
-            # replay the random draws of the run's first episodes.
-            self.envs.reseed(resume_env_seeds(int(self.config.seed), self.counters["env_steps"], len(self.envs),
-                                              self.process_index))
         loaded.load_replay(self.replay)
         self.resumed = loaded
         self.say(

@@ -414,3 +414,25 @@ def test_resume_reseeds_the_envs_from_the_step_reached(tmp_path):
         assert len(set(seeds)) == len(seeds) and seeds != [0, 1]
     finally:
         trainer.close()
+
+
+def test_hosts_other_than_the_first_draw_their_own_episodes(tmp_path):
+    """On several hosts each builds envs with the same local indices; all but host 0 reseed them."""
+    from dreamer_rodent import distributed
+    from dreamer_rodent.config import parse_args
+    from dreamer_rodent.train import Trainer, resume_env_seeds
+
+    config, _ = parse_args([*FAST, "--logdir", str(tmp_path / "run"), "--run.env_parallel", "none"])
+    mesh = distributed.make_mesh(config)
+    trainer = Trainer(config, tmp_path / "run", mesh, process_index=1, say=lambda *a: None)
+    try:
+        seeds = [env.seed for env in trainer.envs._envs]
+        assert seeds == resume_env_seeds(int(config.seed), 0, len(seeds), 1)
+    finally:
+        trainer.close()
+    (tmp_path / "run0").mkdir()
+    first = Trainer(config, tmp_path / "run0", mesh, process_index=0, say=lambda *a: None)
+    try:
+        assert [env.seed for env in first.envs._envs] == [0, 1]  # host 0 of a new run keeps the run's seeds
+    finally:
+        first.close()
