@@ -272,6 +272,8 @@ class Trainer:
                 # episodes; every host but the first reseeds too, or all hosts would draw the same episodes.
                 self.envs.reseed(resume_env_seeds(int(config.seed), self.counters["env_steps"], len(self.envs),
                                                   process_index))
+            if process_index > 0:
+                self._own_policy_key(process_index)
             self.logger = Logger(rundir, bool(config.logging.tensorboard), float(config.logging.video_fps),
                                  process_index)
         except BaseException:
@@ -343,6 +345,18 @@ class Trainer:
             f"(train step {self.counters['train_steps']}, {self.counters['episodes']} episodes, "
             f"replay {len(self.replay)} steps, curriculum {_levels(curriculum)})."
         )
+
+    def _own_policy_key(self, process_index: int) -> None:
+        """Every host's agent starts from the same seed (and a resume loads host 0's key): give this host its
+        own action-noise key, or the hosts would explore with the same noise sequence."""
+        arrays = self.agent.save()
+        key = arrays.get("policy_key")
+        if key is None:
+            return
+        import jax
+
+        key = np.asarray(jax.random.fold_in(jax.numpy.asarray(key), int(process_index)))
+        self.agent.load(dict(arrays, policy_key=key.astype(arrays["policy_key"].dtype)))
 
     def _warm_start(self, path) -> None:
         loaded = ckpt.load(path)

@@ -428,11 +428,14 @@ def test_hosts_other_than_the_first_draw_their_own_episodes(tmp_path):
     try:
         seeds = [env.seed for env in trainer.envs._envs]
         assert seeds == resume_env_seeds(int(config.seed), 0, len(seeds), 1)
+        key1 = trainer.agent.save()["policy_key"]
     finally:
         trainer.close()
     (tmp_path / "run0").mkdir()
     first = Trainer(config, tmp_path / "run0", mesh, process_index=0, say=lambda *a: None)
     try:
         assert [env.seed for env in first.envs._envs] == [0, 1]  # host 0 of a new run keeps the run's seeds
+        key0 = first.agent.save()["policy_key"]
     finally:
         first.close()
+    assert not np.array_equal(key0, key1)  # nor the same action noise
