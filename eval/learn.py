@@ -22,7 +22,8 @@ Written to OUT:
                the success rate and mean return over the last `--window` episodes at
                level `--level`
   summary.csv  one row per seed and one for the random policy: steps and
-               wall-clock to the threshold, final success rate and return, level
+               wall-clock to the threshold, final (last window) and mean (all
+               episodes at the level) success rate and return, level
   curve.png    success rate and return over the window against env steps, one
                line per seed, the random policy dashed
 
@@ -180,6 +181,8 @@ def summarize(name: str, episodes: Sequence[dict], level: int, window: int, thre
         "wall_s_to_threshold": round(hit["wall_s"], 1) if hit else "",
         "final_success_rate": round(sum(e["success"] for e in last) / len(last), 3) if last else "",
         "final_return": round(sum(e["return"] for e in last) / len(last), 2) if last else "",
+        "mean_success_rate": round(sum(e["success"] for e in at_level) / len(at_level), 3) if at_level else "",
+        "mean_return": round(sum(e["return"] for e in at_level) / len(at_level), 2) if at_level else "",
         "final_level": int(round(episodes[-1].get("level", 0))) if episodes else "",
         "max_level": int(round(max(e.get("level", 0) for e in episodes))) if episodes else "",
     }
@@ -188,7 +191,8 @@ def summarize(name: str, episodes: Sequence[dict], level: int, window: int, thre
 CURVE_FIELDS = ["seed", "episode", "env_steps", "wall_s", "return", "success", "level", "length", "targets",
                 "success_rate", "return_mean"]
 SUMMARY_FIELDS = ["seed", "episodes", "episodes_at_level", "env_steps", "wall_s", "steps_to_threshold",
-                  "wall_s_to_threshold", "final_success_rate", "final_return", "final_level", "max_level"]
+                  "wall_s_to_threshold", "final_success_rate", "final_return", "mean_success_rate", "mean_return",
+                  "final_level", "max_level"]
 
 
 def write_csvs(out: pathlib.Path, runs: dict[str, list[dict]], level: int, window: int, threshold: float,
@@ -419,10 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = write_csvs(out, all_runs, args.level, args.window, args.threshold, dones)
     plot(out / "curve.png", runs, args.level, args.window, args.threshold, title, baseline)
     print(f"\n{'seed':>7} {'episodes':>8} {'env steps':>9} {'wall s':>8} {'steps to ' + format(args.threshold, 'g'):>13} "
-          f"{'wall s to':>9} {'success':>7} {'return':>8} {'level':>5}")
+          f"{'wall s to':>9} {'success':>7} {'return':>8} {'all succ':>8} {'all ret':>8} {'level':>5}")
     for s in summaries:
         print(f"{s['seed']:>7} {s['episodes']:>8} {s['env_steps']:>9} {s['wall_s']:>8} {str(s['steps_to_threshold']):>13} "
               f"{str(s['wall_s_to_threshold']):>9} {str(s['final_success_rate']):>7} {str(s['final_return']):>8} "
+              f"{str(s['mean_success_rate']):>8} {str(s['mean_return']):>8} "
               f"{str(s['final_level']):>5}")
     print(f"\nWrote {out / 'curve.csv'}, {out / 'summary.csv'}, {out / 'curve.png'}", flush=True)
     return 0

@@ -54,6 +54,7 @@ def test_csvs_summary_and_plot(learn, tmp_path):
     assert by_seed["0"]["wall_s"] == 20.0
     assert by_seed["1"]["steps_to_threshold"] == "" and by_seed["1"]["final_success_rate"] == 0.0
     assert by_seed["random"]["final_success_rate"] == 0.25
+    assert by_seed["0"]["mean_success_rate"] == round(10 / 15, 3)
     with open(tmp_path / "curve.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 15 + 15 + 4
