@@ -335,7 +335,20 @@ def parse_args(argv: Iterable[str], extra_flags: Mapping[str, Any] | None = None
     as eval's `--checkpoint`; they are returned separately.
     """
     names, flags, extra = split_flags(argv, extra_flags)
-    return build_config(names, flags), extra
+    return build_config(task_preset(flags.get("task"), names) + names, flags), extra
+
+
+def task_preset(task, names: Iterable[str], path=CONFIGS_PATH) -> list[str]:
+    """`[task]` when configs.yaml has task defaults for `--task NAME` (a preset of that name that sets
+    `task: NAME`, e.g. mouse_goto's mouse-sized success radius) and `--configs` does not list it already;
+    they go first, so other presets and flags still override them. Without this, `--task mouse_goto`
+    trained the mouse with the rat's target distances."""
+    if not isinstance(task, str) or task in names:
+        return []
+    preset = load_presets(path).get(task)
+    if task != "defaults" and isinstance(preset, Mapping) and preset.get("task") == task:
+        return [task]
+    return []
 
 
 def _is_number(text: str) -> bool:

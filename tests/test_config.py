@@ -59,3 +59,15 @@ def test_save_load_roundtrip_and_update(tmp_path):
     assert changed.run.envs == 7 and loaded.run.envs == config.run.envs
     with pytest.raises(ConfigError, match="unknown config key"):
         loaded.update({"run.nope": 1})
+
+
+def test_task_flag_applies_that_tasks_defaults_under_later_presets_and_flags():
+    from dreamer_rodent.config import parse_args
+
+    config, _ = parse_args(["--task", "mouse_goto"])
+    assert config.task == "mouse_goto" and config.task_kwargs.success_radius == 0.025
+    assert list(config.task_kwargs.curriculum_levels) == [0.07, 0.14, 0.23, 0.36, 0.54]
+    config, _ = parse_args(["--configs", "debug", "--task", "mouse_goto", "--task_kwargs.success_radius", "0.03"])
+    assert config.task_kwargs.success_radius == 0.03 and config.batch_size == 4
+    config, _ = parse_args(["--task", "ball_goto"])  # no task preset: the defaults
+    assert config.task_kwargs.success_radius == 0.05
