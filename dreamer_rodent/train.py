@@ -47,7 +47,13 @@ def check_config(config: Config) -> None:
     """Values that would fail later, reported now with the key to change."""
     from tasks import registry
 
+    from tasks import base
+
     registry.get(config.task)  # UnknownTaskError naming the closest task
+    try:
+        base.check_keys(config.env.keys)  # else a TaskConfigError from inside the env workers
+    except base.TaskConfigError as error:
+        raise ConfigError(str(error)) from None
     rules = [
         ("run.steps", config.run.steps > 0, "> 0"),
         ("run.envs", config.run.envs >= 1, ">= 1"),
@@ -637,6 +643,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         train(argv)
     except (ConfigError, ckpt.CheckpointError, UnknownTaskError, RunError, EnvWorkerError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    except ValueError as error:
+        # A task or walker setting a factory refused (e.g. a wrong env.camera) with in-process envs.
+        task_error = getattr(sys.modules.get("tasks.base"), "TaskConfigError", None)
+        if task_error is None or not isinstance(error, task_error):
+            raise
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -439,3 +439,16 @@ def test_hosts_other_than_the_first_draw_their_own_episodes(tmp_path):
     finally:
         first.close()
     assert not np.array_equal(key0, key1)  # nor the same action noise
+
+
+def test_bad_env_keys_and_camera_are_errors_not_tracebacks(tmp_path, capsys):
+    rundir = tmp_path / "run"
+    args = [*FAST, "--logdir", str(rundir), "--run.steps", "80", "--run.env_parallel", "none"]
+    assert main([*args, "--env.keys", "image,tsk"]) == 2
+    err = capsys.readouterr().err
+    assert "env.keys has unknown group(s) ['tsk']" in err and "Traceback" not in err
+    assert not rundir.exists()
+    assert main([*args, "--env.camera", "egocentrc"]) == 2
+    err = capsys.readouterr().err
+    assert "egocentrc" in err and "Traceback" not in err
+    assert not rundir.exists()
