@@ -17,7 +17,9 @@ from dreamer_rodent.config import Config, ConfigError
 
 AXIS = "data"
 DEFAULT_PORT = 12355
-_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "tpu": "tpu"}
+# `auto` leaves the choice to JAX: a GPU when a CUDA jaxlib sees one, else the CPU,
+# so the same command trains on a laptop and on a cluster node.
+_PLATFORMS = {"auto": None, "cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "tpu": "tpu"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +82,13 @@ def setup(config: Config, environ: Mapping[str, str] | None = None) -> MultiHost
     """Applies `jax.*` settings and joins a multi-host job; call before any JAX use."""
     platform = str(config.jax.platform).lower()
     if platform not in _PLATFORMS:
-        raise ConfigError(f"jax.platform must be one of cpu, gpu, tpu; got '{config.jax.platform}'.")
+        raise ConfigError(f"jax.platform must be one of auto, cpu, gpu, tpu; got '{config.jax.platform}'.")
     if not config.jax.prealloc:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
-    jax.config.update("jax_platforms", _PLATFORMS[platform])
+    if _PLATFORMS[platform] is not None:
+        jax.config.update("jax_platforms", _PLATFORMS[platform])
     if config.jax.debug_nans:
         jax.config.update("jax_debug_nans", True)
     cache = str(config.jax.get("cache_dir", "") or "")

@@ -7,7 +7,9 @@
 #
 # Arguments that start with '-' (or none) are train flags. Training adds
 # `--jax.platform gpu` when a GPU is visible (nvidia-smi lists one) and the
-# arguments do not set jax.platform themselves, because the config default is cpu.
+# arguments do not set jax.platform themselves: the config default `auto` would
+# fall back to the CPU quietly if the image's CUDA jaxlib could not use the GPU,
+# while `gpu` stops with an error that says why.
 # Its own arguments are the container's command, so it has no --help or --dry-run
 # of its own: `docker run IMAGE --help` shows train's help.
 set -euo pipefail

@@ -452,3 +452,16 @@ def test_bad_env_keys_and_camera_are_errors_not_tracebacks(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "egocentrc" in err and "Traceback" not in err
     assert not rundir.exists()
+
+
+def test_platform_auto_is_the_default_and_picks_a_usable_device():
+    """`auto` leaves the backend to JAX (a GPU where a CUDA jaxlib sees one): here the CPU."""
+    from dreamer_rodent import distributed
+    from dreamer_rodent.config import ConfigError, build_config
+
+    config = build_config([], {})
+    assert config.jax.platform == "auto"
+    devices = distributed.local_devices(config)
+    assert devices and devices[0].platform == "cpu"
+    with pytest.raises(ConfigError, match="jax.platform must be one of auto, cpu, gpu, tpu"):
+        distributed.setup(build_config([], {"jax.platform": "gpus"}))
