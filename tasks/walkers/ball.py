@@ -18,11 +18,12 @@ from dm_control.locomotion.walkers import base as walker_base
 from dm_control.locomotion.walkers import legacy_base
 
 from tasks import base
+from tasks.walkers import senses
 
 _XML_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "ball.xml")
 
 
-class Ball(legacy_base.Walker):
+class Ball(senses.EgoCameraWalker, legacy_base.Walker):
     """The rolling ball with a head (about 155 g, 3 actuators)."""
 
     physics_timestep = 0.005
@@ -35,12 +36,7 @@ class Ball(legacy_base.Walker):
             self._mjcf_root.model = name
         base.move_geoms_to_walker_group(self._mjcf_root)
         self._root_joints = None
-        self.image_size = int(image_size)
-        self._ego_camera = self._mjcf_root.find("camera", camera)
-        if self._ego_camera is None:
-            raise base.TaskConfigError(
-                f"env.camera '{camera}' is not a camera of the ball walker; available: {', '.join(self.camera_names)}."
-            )
+        self._setup_camera(camera, image_size)
 
     def create_root_joints(self, attachment_frame):
         self._root_joints = [
@@ -112,32 +108,12 @@ class Ball(legacy_base.Walker):
     def egocentric_camera(self):
         return self._ego_camera
 
-    @property
-    def ego_camera(self):
-        return self._ego_camera
-
-    @property
-    def camera_names(self) -> list[str]:
-        return [c.name for c in self._mjcf_root.find_all("camera")]
-
-    @property
-    def upright_height(self) -> float:
-        return float(self._mjcf_root.find("body", "torso").pos[2])
-
     def _build_observables(self):
         return BallObservables(self)
 
 
-class BallObservables(legacy_base.WalkerObservables):
+class BallObservables(senses.SenseObservables, legacy_base.WalkerObservables):
     """Vestibular, proprio and image groups matching the rodents'."""
-
-    @composer.observable
-    def ego_image(self):
-        return base.ego_camera_observable(self._entity.ego_camera, self._entity.image_size)
-
-    @property
-    def vestibular(self):
-        return [self.sensors_gyro, self.sensors_accelerometer, self.sensors_velocimeter, self.world_zaxis]
 
     @property
     def proprio(self):

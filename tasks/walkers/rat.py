@@ -9,17 +9,17 @@ The stock `prev_action` raises NotImplementedError, so it is never enabled.
 
 from __future__ import annotations
 
-from dm_control import composer
 from dm_control.locomotion.walkers import rodent
 
 from tasks import base
+from tasks.walkers import senses
 
 # Physics and control steps for rodent tasks (dm_control's rodent tasks use these).
 PHYSICS_TIMESTEP = 0.001
 CONTROL_TIMESTEP = 0.02
 
 
-class Rat(rodent.Rat):
+class Rat(senses.EgoCameraWalker, rodent.Rat):
     """A 338 g position-controlled rat (38 actuators, actions in [-1, 1])."""
 
     physics_timestep = PHYSICS_TIMESTEP
@@ -34,43 +34,12 @@ class Rat(rodent.Rat):
         """Hook for subclasses that reshape the model (the mouse)."""
         base.move_geoms_to_walker_group(self._mjcf_root)
 
-    def _setup_camera(self, camera: str, image_size: int) -> None:
-        self.image_size = int(image_size)
-        self._ego_camera = self._mjcf_root.find("camera", camera)
-        if self._ego_camera is None:
-            raise base.TaskConfigError(
-                f"env.camera '{camera}' is not a camera of the {type(self).__name__.lower()} walker; "
-                f"available: {', '.join(self.camera_names)}."
-            )
-
-    @property
-    def camera_names(self) -> list[str]:
-        return [c.name for c in self._mjcf_root.find_all("camera")]
-
-    @property
-    def ego_camera(self):
-        return self._ego_camera
-
-    @property
-    def upright_height(self) -> float:
-        """Torso height of the spawn pose (root at the floor)."""
-        return float(self._mjcf_root.find("body", "torso").pos[2])
-
     def _build_observables(self):
         return RatObservables(self)
 
 
-class RatObservables(rodent.RodentObservables):
+class RatObservables(senses.SenseObservables, rodent.RodentObservables):
     """The rat's observables plus our groups (`vestibular`, `proprio`, `ego_image`)."""
-
-    @composer.observable
-    def ego_image(self):
-        return base.ego_camera_observable(self._entity.ego_camera, self._entity.image_size)
-
-    @property
-    def vestibular(self):
-        """Head gyro, head accelerometer, head velocimeter, world z in the torso frame."""
-        return [self.sensors_gyro, self.sensors_accelerometer, self.sensors_velocimeter, self.world_zaxis]
 
     @property
     def proprio(self):
