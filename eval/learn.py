@@ -307,11 +307,16 @@ def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: in
     """curve.png: rolling success rate and return against env steps per seed; random policy dashed."""
     from PIL import Image, ImageDraw
 
-    width, height = 1000, 760
+    import textwrap
+
+    lines = textwrap.wrap(title, 120) or [""]
+    head = 14 * len(lines) + 26
+    width, height = 1000, 720 + head
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    font, big = _font(13), _font(16)
-    draw.text((width / 2, 10), title, fill=(0, 0, 0), font=big, anchor="mt")
+    font = _font(13)
+    for i, line in enumerate(lines):
+        draw.text((width / 2, 8 + 14 * i), line, fill=(0, 0, 0), font=_font(12), anchor="mt")
     series_s, series_r = [], []
     xmax = 0.0
     for i, (name, episodes) in enumerate(runs.items()):
@@ -326,9 +331,9 @@ def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: in
         at = [e for e in baseline if int(round(e.get("level", 0))) == level] or baseline
         base_s = sum(e["success"] for e in at) / len(at)
         base_r = sum(e["return"] for e in at) / len(at)
-    _panel(draw, (0, 40, width, 400), series_s, base_s, f"success rate (last {window} episodes at level {level})",
+    _panel(draw, (0, head, width, head + 360), series_s, base_s, f"success rate (last {window} episodes at level {level})",
            xmax, ylim=(-0.02, 1.02), threshold=threshold, font=font)
-    _panel(draw, (0, 400, width, height - 30), series_r, base_r, f"return (mean of last {window} at level {level})",
+    _panel(draw, (0, head + 360, width, height - 30), series_r, base_r, f"return (mean of last {window} at level {level})",
            xmax, font=font)
     x = 80
     for name, _, _, color in series_s:
