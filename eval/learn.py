@@ -9,7 +9,9 @@ directory per seed: OUT/seed<S>/, with the usual metrics.jsonl and
 checkpoints) with a small hook around the driver that appends every finished
 training episode to OUT/seed<S>/episodes.jsonl: env steps so far, wall-clock
 seconds since the child started (compilation included), return, success (the
-target was reached at least once), curriculum level and targets reached.
+target was reached at least once: the task's targets_reached count > 0, which
+also sees targets reached inside an action repeat), curriculum level and
+targets reached.
 
 The curve is the training episodes themselves (the stochastic training
 policy, random actions during the prefill); checkpoints are not evaluated
@@ -58,6 +60,20 @@ DONE = "learn_done.json"
 # Child process: train with an episode hook.
 
 
+def _scores(episode: dict) -> dict:
+    """An episode record of the driver -> the fields learn.py keeps.
+
+    Success is the driver's (log/success seen at some step) or, where the task
+    counts them, at least one target reached: with env.action_repeat > 1 the
+    driver sees only the last sub-step's log/success, the count sees them all.
+    """
+    targets = episode.get("targets_reached")
+    success = float(episode["success"] > 0 or (targets is not None and targets > 0))
+    return {"return": episode["score"], "length": episode["length"], "success": success,
+            "level": episode.get("curriculum_level", 0.0), "env": episode["env"],
+            "targets": float("nan") if targets is None else targets}
+
+
 def _worker(rundir: str, train_argv: list[str]) -> int:
     """Runs dreamer_rodent.train.main with Driver.step wrapped to log episodes."""
     start = time.monotonic()
@@ -74,10 +90,7 @@ def _worker(rundir: str, train_argv: list[str]) -> int:
         transition, finished = original(self, policy)
         steps["n"] += self.num
         for episode in finished:
-            record = {"env_steps": steps["n"], "wall_s": round(time.monotonic() - start, 3),
-                      "return": episode["score"], "length": episode["length"], "success": episode["success"],
-                      "level": episode.get("curriculum_level", 0.0), "env": episode["env"],
-                      "targets": episode.get("targets_reached", float("nan"))}
+            record = {"env_steps": steps["n"], "wall_s": round(time.monotonic() - start, 3), **_scores(episode)}
             out.write(json.dumps(record) + "\n")
         return transition, finished
 
@@ -107,10 +120,7 @@ def random_baseline(train_argv: list[str], out_dir: pathlib.Path, episodes: int)
             _, finished = driver.step(driver.random_actions)
             n += driver.num
             for episode in finished:
-                records.append({"env_steps": n, "wall_s": round(time.monotonic() - start, 3),
-                                "return": episode["score"], "length": episode["length"],
-                                "success": episode["success"], "level": episode.get("curriculum_level", 0.0),
-                                "env": episode["env"], "targets": episode.get("targets_reached", float("nan"))})
+                records.append({"env_steps": n, "wall_s": round(time.monotonic() - start, 3), **_scores(episode)})
     finally:
         envs.close()
     out_dir.mkdir(parents=True, exist_ok=True)

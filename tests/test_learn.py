@@ -81,3 +81,12 @@ def test_plot_only_reads_run_dirs(learn, tmp_path, capsys):
         rows = {r["seed"]: r for r in csv.DictReader(f)}
     assert rows["0"]["steps_to_threshold"] == "300" and rows["1"]["steps_to_threshold"] == "400"
     assert (tmp_path / "curve.png").exists()
+
+
+def test_success_counts_targets_reached_inside_an_action_repeat(learn):
+    base = {"score": 1.0, "length": 10, "env": 0, "curriculum_level": 2.0}
+    assert learn._scores({**base, "success": 0.0, "targets_reached": 1.0})["success"] == 1.0
+    assert learn._scores({**base, "success": 1.0, "targets_reached": 0.0})["success"] == 1.0
+    assert learn._scores({**base, "success": 0.0, "targets_reached": 0.0})["success"] == 0.0
+    record = learn._scores({**base, "success": 0.0})  # a task without a target count
+    assert record["success"] == 0.0 and record["level"] == 2.0 and record["return"] == 1.0
