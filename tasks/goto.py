@@ -62,6 +62,7 @@ class GoToTarget(composer.Task):
         self._task_observables = {"target": self._target_observable}
 
         self._distance = 0.0
+        self._scored_distance = 0.0
         self._success_now = False
         self._reached = 0
         self._steps = 0
@@ -93,6 +94,7 @@ class GoToTarget(composer.Task):
         self._target_height = max(float(physics.bind(self._walker.head).xpos[2]), self.success_radius)
         self._place_target(physics, random_state)
         self._update(physics)
+        self._scored_distance = self._distance
 
     def before_step(self, physics, action, random_state):
         self._walker.apply_action(physics, action, random_state)
@@ -100,13 +102,15 @@ class GoToTarget(composer.Task):
     def after_step(self, physics, random_state):
         self._steps += 1
         self._update(physics)
+        # The step is scored against the target it reached, not the one respawned below.
+        self._scored_distance = self._distance
         self._success_now = self._distance < self.success_radius
         if self._success_now:
             self._reached += 1
             self._place_target(physics, random_state)
 
     def get_reward(self, physics):
-        shaped = 1.0 - np.tanh(self._distance / self.distance_scale)
+        shaped = 1.0 - np.tanh(self._scored_distance / self.distance_scale)
         posture = self.posture_weight * (1.0 - self._up) / 2.0
         return float(shaped - posture + self.success_bonus * self._success_now)
 

@@ -43,6 +43,24 @@ def test_head_at_target_earns_the_success_bonus_and_respawns_it():
     env.close()
 
 
+def test_success_step_is_scored_against_the_target_reached_not_its_respawn():
+    env = _env("rodent_goto")
+    env.step({"reset": True})
+    zero = np.zeros(env.act_space["action"].shape, np.float32)
+    env.step({"action": zero, "reset": False})
+    reached = np.array(env.physics.bind(env.walker.head).xpos[:2])
+    _task(env).set_target(env.physics, reached)
+    obs = env.step({"action": zero, "reset": False})
+    assert obs["log/success"] == 1.0
+    head = env.physics.bind(env.walker.head).xpos[:2]
+    scored = float(np.hypot(*(head - reached)))  # distance to the target it reached, ~0
+    assert obs["log/distance"] > 0.05  # while the observation shows the respawned one
+    penalty = 1.0 * (1.0 - obs["log/upright"]) / 2.0
+    expected = 10.0 + (1.0 - np.tanh(scored / 0.5)) - penalty
+    np.testing.assert_allclose(obs["reward"], expected, atol=1e-4)
+    env.close()
+
+
 def test_rodent_on_its_back_earns_the_posture_penalty():
     env = _env("rodent_goto")
     env.step({"reset": True})
