@@ -342,10 +342,16 @@ def task_preset(task, names: Iterable[str], path=CONFIGS_PATH) -> list[str]:
     """`[task]` when configs.yaml has task defaults for `--task NAME` (a preset of that name that sets
     `task: NAME`, e.g. mouse_goto's mouse-sized success radius) and `--configs` does not list it already;
     they go first, so other presets and flags still override them. Without this, `--task mouse_goto`
-    trained the mouse with the rat's target distances."""
+    trained the mouse with the rat's target distances. Without `--task`, the default task's preset applies
+    unless a listed preset picks the task itself."""
+    presets = load_presets(path)
+    if task is None:
+        if any(isinstance(presets.get(n), Mapping) and "task" in presets[n] for n in names):
+            return []
+        task = presets["defaults"].get("task")
     if not isinstance(task, str) or task in names:
         return []
-    preset = load_presets(path).get(task)
+    preset = presets.get(task)
     if task != "defaults" and isinstance(preset, Mapping) and preset.get("task") == task:
         return [task]
     return []

@@ -9,6 +9,12 @@ Reward per control step (weights in `task_kwargs`):
 where d is the horizontal distance from the head to the target (the target marker
 floats at the walker's head height, so rat, mouse and ball can all reach it).
 
+Observation `target`: the head-to-target vector in the torso frame, in units of
+`success_radius` (|target| < 1 means reached). In metres a near target is ~0.1:
+after symlog the world model's reconstruction error was as large as the vector
+itself and the agent never learned to steer (eval/RESULTS.md, ball_goto);
+in success radii the same vector is ~2-3 and a researcher reads it at a glance.
+
 Success respawns the target; the episode goes on (no terminal state) and ends
 only at the time limit. Respawning rather than ending keeps each episode full of
 useful data and avoids resets, which cost the most in a rodent env. Body contacts
@@ -144,10 +150,11 @@ class GoToTarget(composer.Task):
         self._update(physics)
 
     def _egocentric_target(self, physics):
-        """Head-to-target vector in the torso frame (metres)."""
+        """Head-to-target vector in the torso frame, in success radii (see the module docstring)."""
         head = physics.bind(self._walker.head).xpos
         target = physics.bind(self._target).pos
-        return np.asarray(self._walker.transform_vec_to_egocentric_frame(physics, target - head), np.float64)
+        vector = self._walker.transform_vec_to_egocentric_frame(physics, target - head)
+        return np.asarray(vector, np.float64) / self.success_radius
 
     def log_metrics(self, physics) -> dict[str, float]:
         return {

@@ -96,8 +96,9 @@ def test_body_contacts_do_not_end_the_episode():
     env.close()
 
 
-def test_target_observation_is_egocentric():
+def test_target_observation_is_egocentric_in_success_radii():
     env = _env("ball_goto")
+    radius = _task(env).success_radius
     env.step({"reset": True})
     physics, walker = env.physics, env.walker
     for yaw in (0.0, 1.0, -2.5):
@@ -106,7 +107,8 @@ def test_target_observation_is_egocentric():
         head = physics.bind(walker.head).xpos
         _task(env).set_target(physics, head[:2] + 0.4 * np.array([np.cos(yaw), np.sin(yaw)]))
         target = _task(env).target_observable(physics)
-        np.testing.assert_allclose(target[:2], [0.4, 0.0], atol=1e-6)
+        np.testing.assert_allclose(target[:2] * radius, [0.4, 0.0], atol=1e-6)
+        assert np.linalg.norm(target[:2]) > 1.0  # 0.4 m is far outside the success radius
     env.close()
 
 

@@ -32,14 +32,19 @@ class RMSNorm(nn.Module):
 
 
 class Layer(nn.Module):
-    """Linear -> RMSNorm -> SiLU (no bias: the norm's scale and the next layer make it redundant)."""
+    """Linear (with bias) -> RMSNorm -> SiLU.
+
+    The bias is not redundant: RMSNorm(W x) is the same for x and 2 x, so without
+    it a layer sees only the direction of its input. The magnitude of an action,
+    of the egocentric target vector (the distance) or of a velocity would be lost.
+    """
 
     units: int
     dtype: Any = f32
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Dense(self.units, use_bias=False, dtype=self.dtype, param_dtype=f32)(x.astype(self.dtype))
+        x = nn.Dense(self.units, use_bias=True, dtype=self.dtype, param_dtype=f32)(x.astype(self.dtype))
         return nn.silu(RMSNorm()(x))
 
 
@@ -105,7 +110,7 @@ class ImageEncoder(nn.Module):
         lead = x.shape[:-3]
         x = x.reshape((-1,) + x.shape[-3:])
         for i, mult in enumerate(self.mults):
-            x = nn.Conv(self.depth * mult, (self.kernel, self.kernel), strides=2, padding="SAME", use_bias=False,
+            x = nn.Conv(self.depth * mult, (self.kernel, self.kernel), strides=2, padding="SAME", use_bias=True,
                         dtype=self.dtype, param_dtype=f32, name=f"conv{i}")(x)
             x = nn.silu(RMSNorm(name=f"norm{i}")(x))
         return x.reshape(lead + (-1,))
@@ -134,7 +139,7 @@ class ImageDecoder(nn.Module):
         outs = [self.depth * m for m in reversed(self.mults[:-1])] + [self.channels]
         for i, ch in enumerate(outs):
             last = i == len(outs) - 1
-            x = nn.ConvTranspose(ch, (self.kernel, self.kernel), strides=(2, 2), padding="SAME", use_bias=last,
+            x = nn.ConvTranspose(ch, (self.kernel, self.kernel), strides=(2, 2), padding="SAME", use_bias=True,
                                  dtype=f32 if last else self.dtype, param_dtype=f32, name=f"deconv{i}")(x)
             if not last:
                 x = nn.silu(RMSNorm(name=f"norm{i}")(x))
