@@ -1,7 +1,7 @@
 """Learning curves: train a task for a budget of env steps per seed and chart it.
 
     python eval/learn.py --task ball_goto --steps 20000 --seeds 0 1 2 --out eval/results/ball_goto \
-        [--threshold 0.9] [--window 20] [--level 0] [--baseline-episodes 20] [--plot-only] \
+        [--minutes M] [--threshold 0.9] [--window 20] [--level 0] [--baseline-episodes 20] [--plot-only] \
         [-- --configs size1m proprio_only --run.envs 1 --run.env_parallel none ...]
 
 For each seed it runs `dreamer_rodent.train` in a child process (one run
@@ -74,9 +74,28 @@ def _scores(episode: dict) -> dict:
             "targets": float("nan") if targets is None else targets}
 
 
-def _worker(rundir: str, train_argv: list[str]) -> int:
-    """Runs dreamer_rodent.train.main with Driver.step wrapped to log episodes."""
+def _worker(rundir: str, train_argv: list[str], minutes: float = 0.0) -> int:
+    """Runs dreamer_rodent.train.main with Driver.step wrapped to log episodes.
+
+    minutes > 0: a wall-clock budget; when it is spent the child sends itself
+    SIGTERM, which train handles by saving a checkpoint and returning 0.
+    """
     start = time.monotonic()
+    if minutes > 0:
+        import signal
+        import threading
+
+        def stop():
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # train's handler not installed yet
+                again = threading.Timer(1.0, stop)
+                again.daemon = True
+                again.start()
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        timer = threading.Timer(minutes * 60.0, stop)
+        timer.daemon = True
+        timer.start()
     from dreamer_rodent import driver as driver_lib
     from dreamer_rodent import train
 
@@ -363,7 +382,7 @@ def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: in
 # Driver of the whole thing.
 
 
-def train_seed(rundir: pathlib.Path, train_argv: list[str], seed: int, steps: int) -> int:
+def train_seed(rundir: pathlib.Path, train_argv: list[str], seed: int, steps: int, minutes: float = 0.0) -> int:
     if (rundir / DONE).exists():
         print(f"seed {seed}: {rundir} already finished; not training again.", flush=True)
         return 0
@@ -372,7 +391,7 @@ def train_seed(rundir: pathlib.Path, train_argv: list[str], seed: int, steps: in
             raise SystemExit(f"error: {rundir} exists and is not a learn.py run directory; choose another --out.")
         shutil.rmtree(rundir)  # an unfinished learn.py run: its episode log cannot be resumed, start again
     argv = train_argv + ["--seed", str(seed), "--run.steps", str(steps)]
-    command = [sys.executable, os.path.abspath(__file__), "--worker", str(rundir), "--", *argv]
+    command = [sys.executable, os.path.abspath(__file__), "--worker", str(rundir), str(minutes), "--", *argv]
     print("$ " + " ".join(command), flush=True)
     return subprocess.call(command)
 
@@ -395,11 +414,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         i = argv.index("--")
         argv, rest = argv[:i], argv[i + 1:]
     if argv[:1] == ["--worker"]:
-        return _worker(argv[1], rest)
+        return _worker(argv[1], rest, float(argv[2]) if len(argv) > 2 else 0.0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="ball_goto")
     parser.add_argument("--steps", type=int, default=20000, help="env steps per seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="wall-clock budget per seed, compilation included (0: none); the run stops at "
+                             "whichever of --steps and --minutes comes first")
     parser.add_argument("--out", required=True, help="results directory (one run directory per seed in it)")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--window", type=int, default=20, help="episodes in the success-rate window")
@@ -421,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not args.plot_only:
         for seed in args.seeds:
-            code = train_seed(out / f"seed{seed}", train_argv, seed, args.steps)
+            code = train_seed(out / f"seed{seed}", train_argv, seed, args.steps, args.minutes)
             if code != 0:
                 print(f"seed {seed}: training exited with {code}", flush=True)
         if args.baseline_episodes > 0 and not (out / "random" / DONE).exists():

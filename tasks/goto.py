@@ -2,12 +2,19 @@
 
 Reward per control step (weights in `task_kwargs`):
 
-    reward = (1 - tanh(d / distance_scale))          # shaped by head-target distance
+    reward = progress_weight * (phi(d) - phi(d_prev))  # progress towards the target
              - posture_weight * (1 - up) / 2          # up: torso z-axis . world z
              + success_bonus * [d < success_radius]   # the head reached the target
+    phi(d) = 1 - tanh(d / distance_scale)
 
 where d is the horizontal distance from the head to the target (the target marker
-floats at the walker's head height, so rat, mouse and ball can all reach it).
+floats at the walker's head height, so rat, mouse and ball can all reach it) and
+d_prev the distance to the same target one step earlier (its spawn distance
+right after it appeared). The shaping is a difference of potentials, so it does
+not change which policy is best (Ng et al. 1999): an earlier reward of phi(d) per
+step paid the agent for hovering just outside the success radius, since
+reaching the target respawned it farther away and cut that reward; one
+ball_goto seed learned exactly that (eval/RESULTS.md).
 
 Observation `target`: the head-to-target vector in the torso frame, in units of
 `success_radius` (|target| < 1 means reached). In metres a near target is ~0.1:
@@ -46,9 +53,11 @@ class GoToTarget(composer.Task):
     """Head-to-target with shaped reward, posture penalty and a curriculum."""
 
     def __init__(self, walker, arena, curriculum: base.Curriculum, success_radius: float, success_bonus: float,
-                 posture_weight: float, distance_scale: float):
+                 posture_weight: float, distance_scale: float, progress_weight: float):
         if success_radius <= 0:
             raise base.TaskConfigError(f"task_kwargs.success_radius must be > 0 metres, got {success_radius}.")
+        if progress_weight < 0:
+            raise base.TaskConfigError(f"task_kwargs.progress_weight must be >= 0, got {progress_weight}.")
         if distance_scale <= 0:
             raise base.TaskConfigError(f"task_kwargs.distance_scale must be > 0 metres, got {distance_scale}.")
         self._walker = walker
@@ -59,6 +68,7 @@ class GoToTarget(composer.Task):
         self.success_bonus = float(success_bonus)
         self.posture_weight = float(posture_weight)
         self.distance_scale = float(distance_scale)
+        self.progress_weight = float(progress_weight)
 
         self._target = arena.mjcf_model.worldbody.add(
             "site", name="target", type="sphere", size=(max(self.success_radius, 0.01),), rgba=_TARGET_RGBA,
@@ -69,6 +79,8 @@ class GoToTarget(composer.Task):
 
         self._distance = 0.0
         self._scored_distance = 0.0
+        self._previous_potential = 0.0
+        self._progress = 0.0
         self._success_now = False
         self._reached = 0
         self._steps = 0
@@ -101,6 +113,8 @@ class GoToTarget(composer.Task):
         self._place_target(physics, random_state)
         self._update(physics)
         self._scored_distance = self._distance
+        self._previous_potential = self._potential(self._distance)
+        self._progress = 0.0
 
     def before_step(self, physics, action, random_state):
         self._walker.apply_action(physics, action, random_state)
@@ -110,15 +124,16 @@ class GoToTarget(composer.Task):
         self._update(physics)
         # The step is scored against the target it reached, not the one respawned below.
         self._scored_distance = self._distance
+        self._progress = self._potential(self._distance) - self._previous_potential
         self._success_now = self._distance < self.success_radius
         if self._success_now:
             self._reached += 1
             self._place_target(physics, random_state)
+        self._previous_potential = self._potential(self._distance)
 
     def get_reward(self, physics):
-        shaped = 1.0 - np.tanh(self._scored_distance / self.distance_scale)
         posture = self.posture_weight * (1.0 - self._up) / 2.0
-        return float(shaped - posture + self.success_bonus * self._success_now)
+        return float(self.progress_weight * self._progress - posture + self.success_bonus * self._success_now)
 
     def should_terminate_episode(self, physics):
         return False
@@ -127,6 +142,9 @@ class GoToTarget(composer.Task):
         return 1.0
 
     # ---- helpers ----
+    def _potential(self, distance: float) -> float:
+        return 1.0 - float(np.tanh(distance / self.distance_scale))
+
     def _update(self, physics):
         head = physics.bind(self._walker.head).xpos
         target = physics.bind(self._target).pos
@@ -144,10 +162,11 @@ class GoToTarget(composer.Task):
         )
 
     def set_target(self, physics, xy, height: float | None = None) -> None:
-        """Moves the target (tests and scripted evaluation use this)."""
+        """Moves the target (tests and scripted evaluation use this); progress counts from here."""
         z = physics.bind(self._target).pos[2] if height is None else height
         physics.bind(self._target).pos = (float(xy[0]), float(xy[1]), float(z))
         self._update(physics)
+        self._previous_potential = self._potential(self._distance)
 
     def _egocentric_target(self, physics):
         """Head-to-target vector in the torso frame, in success radii (see the module docstring)."""
@@ -185,6 +204,7 @@ def make_goto(walker_name: str, config, seed: int) -> base.TaskBuild:
         success_bonus=kw.success_bonus,
         posture_weight=kw.posture_weight,
         distance_scale=kw.distance_scale,
+        progress_weight=kw.progress_weight,
     )
     return base.build(
         task,

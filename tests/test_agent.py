@@ -212,3 +212,16 @@ def test_task_keys_other_than_target_reach_the_task_encoder():
     task = {name: keys for name, keys, _, _ in agent.spec["groups"]}["task"]
     assert task[0] == "target" and {"origin", "task_state"} <= set(task)
     assert "origin" not in agent.ignored_keys and "task_state" not in agent.ignored_keys
+
+
+def test_reinforce_actor_gradients_and_unknown_mode():
+    """`agent.actor_grad reinforce` trains every module too; an unknown mode names the choices."""
+    obs_space, act_space = spaces(image=False)
+    config = build_config(["debug"], dict(FLAGS, **{"agent.actor_grad": "reinforce"}))
+    agent = Agent(obs_space, act_space, config)
+    batch = make_batch(obs_space)
+    _, metrics = agent.train(agent.init_train(B), batch)
+    for module in ["encoder", "rssm", "reward", "actor", "critic"]:
+        assert 0 < metrics[f"grad_norm/{module}"] < np.inf, module
+    with pytest.raises(ValueError, match="backprop, reinforce"):
+        Agent(obs_space, act_space, build_config(["debug"], {"agent.actor_grad": "dynamics"}))

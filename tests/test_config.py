@@ -69,5 +69,16 @@ def test_task_flag_applies_that_tasks_defaults_under_later_presets_and_flags():
     assert list(config.task_kwargs.curriculum_levels) == [0.07, 0.14, 0.23, 0.36, 0.54]
     config, _ = parse_args(["--configs", "debug", "--task", "mouse_goto", "--task_kwargs.success_radius", "0.03"])
     assert config.task_kwargs.success_radius == 0.03 and config.batch_size == 4
-    config, _ = parse_args(["--task", "ball_goto"])  # no task preset: the defaults
-    assert config.task_kwargs.success_radius == 0.05
+    config, _ = parse_args(["--task", "ball_goto"])
+    assert config.task_kwargs.success_radius == 0.05 and config.env.time_limit == 5.0
+    config, _ = parse_args(["--task", "rodent_two_touch"])  # no task preset: the defaults
+    assert config.env.time_limit == 30.0 and config.agent.units == 256
+
+
+def test_default_task_applies_its_preset_unless_a_preset_picks_the_task():
+    from dreamer_rodent.config import parse_args
+
+    config, _ = parse_args([])  # the default task, ball_goto, with its preset
+    assert config.task == "ball_goto" and config.env.time_limit == 5.0 and config.agent.units == 32
+    config, _ = parse_args(["--configs", "rodent_goto"])  # that preset sets the task: no ball preset under it
+    assert config.task == "rodent_goto" and config.agent.units == 256 and config.env.time_limit == 10.0

@@ -20,8 +20,8 @@ def _task(env):
     return env._env.task
 
 
-def _shaped(obs, config_scale=0.5):
-    return 1.0 - np.tanh(obs["log/distance"] / config_scale)
+def _potential(distance, scale=0.5):
+    return 1.0 - np.tanh(distance / scale)
 
 
 def test_head_at_target_earns_the_success_bonus_and_respawns_it():
@@ -35,7 +35,7 @@ def test_head_at_target_earns_the_success_bonus_and_respawns_it():
     _task(env).set_target(env.physics, head[:2])
     obs = env.step({"action": zero, "reset": False})
     assert obs["log/success"] == 1.0
-    assert obs["reward"] >= 10.0  # success_bonus
+    assert obs["reward"] > 9.5  # success_bonus (the head drifted a little: a small progress term)
     assert obs["log/targets_reached"] == 1.0
     # The target moved on, and the episode goes on (success is not terminal).
     assert obs["log/distance"] > 0.05
@@ -56,8 +56,37 @@ def test_success_step_is_scored_against_the_target_reached_not_its_respawn():
     scored = float(np.hypot(*(head - reached)))  # distance to the target it reached, ~0
     assert obs["log/distance"] > 0.05  # while the observation shows the respawned one
     penalty = 1.0 * (1.0 - obs["log/upright"]) / 2.0
-    expected = 10.0 + (1.0 - np.tanh(scored / 0.5)) - penalty
+    # Progress counts from where the target was put (distance 0, potential 1) to `scored`.
+    expected = 10.0 + 10.0 * (_potential(scored) - 1.0) - penalty
     np.testing.assert_allclose(obs["reward"], expected, atol=1e-4)
+    env.close()
+
+
+def test_progress_reward_is_a_difference_of_potentials_and_hovering_earns_nothing():
+    env = _env("ball_goto", **{"task_kwargs.level": 0})
+    env.step({"reset": True})
+    scale = _task(env).distance_scale  # the ball preset's 0.1
+    zero = np.zeros(env.act_space["action"].shape, np.float32)
+    head = np.array(env.physics.bind(env.walker.head).xpos[:2])
+    target = head + [0.06, 0.0]  # straight ahead (the ball spawns facing +x), just outside the 0.05 m radius
+    _task(env).set_target(env.physics, target)
+    for _ in range(5):  # holding still next to the target
+        obs = env.step({"action": zero, "reset": False})
+        assert abs(obs["reward"]) < 1e-3 and obs["log/success"] == 0
+    before = obs["log/distance"]
+    roll = np.zeros_like(zero)
+    roll[0] = 1.0  # roll forward, towards the target straight ahead
+    total = 0.0
+    for _ in range(10):
+        obs = env.step({"action": roll, "reset": False})
+        total += obs["reward"]
+        if obs["log/success"]:
+            break
+    assert obs["log/success"] == 1.0
+    scored = float(np.hypot(*(env.physics.bind(env.walker.head).xpos[:2] - target)))
+    # Ten times the potential gained up to the success step, plus the bonus of 10 (the ball cannot tip).
+    expected = 10.0 * (_potential(scored, scale) - _potential(before, scale)) + 10.0
+    np.testing.assert_allclose(total, expected, atol=1e-3)
     env.close()
 
 
@@ -67,7 +96,7 @@ def test_rodent_on_its_back_earns_the_posture_penalty():
     zero = np.zeros(env.act_space["action"].shape, np.float32)
     upright = env.step({"action": zero, "reset": False})
     assert upright["log/upright"] > 0.9
-    np.testing.assert_allclose(upright["reward"], _shaped(upright), atol=0.01)  # penalty ~0 when upright
+    assert abs(upright["reward"]) < 0.05  # standing still: no progress, penalty ~0 when upright
     # Flip the rat onto its back (180 degrees about its long axis), above the floor.
     walker, physics = env.walker, env.physics
     walker.set_pose(physics, position=[0.0, 0.0, 0.12], quaternion=[0.0, 1.0, 0.0, 0.0])
@@ -75,7 +104,8 @@ def test_rodent_on_its_back_earns_the_posture_penalty():
     flipped = env.step({"action": zero, "reset": False})
     assert flipped["log/upright"] < -0.8
     penalty = 1.0 * (1.0 - flipped["log/upright"]) / 2.0
-    np.testing.assert_allclose(flipped["reward"], _shaped(flipped) - penalty, atol=1e-4)
+    progress = 10.0 * (_potential(flipped["log/distance"]) - _potential(upright["log/distance"]))
+    np.testing.assert_allclose(flipped["reward"], progress - penalty, atol=1e-4)
     assert flipped["reward"] < upright["reward"] - 0.8
     # The vestibular world z-axis says "upside down" too.
     assert flipped["vestibular"][11] < -0.8

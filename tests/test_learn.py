@@ -90,3 +90,15 @@ def test_success_counts_targets_reached_inside_an_action_repeat(learn):
     assert learn._scores({**base, "success": 0.0, "targets_reached": 0.0})["success"] == 0.0
     record = learn._scores({**base, "success": 0.0})  # a task without a target count
     assert record["success"] == 0.0 and record["level"] == 2.0 and record["return"] == 1.0
+
+
+def test_minutes_budget_stops_a_run_early_and_keeps_its_episodes(learn, tmp_path):
+    """--minutes ends training by SIGTERM (train saves and exits 0) long before --steps."""
+    code = learn.main(["--task", "ball_goto", "--steps", "1000000", "--minutes", "0.4", "--seeds", "0",
+                       "--out", str(tmp_path), "--baseline-episodes", "0", "--",
+                       "--configs", "debug", "proprio_only", "--env.time_limit", "1", "--run.prefill", "64"])
+    assert code == 0
+    done = json.loads((tmp_path / "seed0" / learn.DONE).read_text())
+    assert 0 < done["env_steps"] < 1000000 and done["wall_s"] < 120
+    assert learn.read_episodes(tmp_path / "seed0" / learn.EPISODES)  # 1 s episodes: some finished
+    assert list((tmp_path / "seed0").glob("ckpt_*"))  # the SIGTERM save
