@@ -57,9 +57,21 @@ def random_batch(obs_space, act_space, lead, rng):
     return out
 
 
+def parse_row(row: str):
+    """preset:dtype:obs[:actor_grad]; without the fourth field the config's default actor gradient."""
+    parts = row.split(":")
+    if len(parts) not in (3, 4):
+        raise SystemExit(f"error: row '{row}' is not preset:dtype:obs[:actor_grad] (e.g. size1m:float32:proprio:reinforce)")
+    preset, dtype, kind = parts[:3]
+    flags = {"jax.compute_dtype": dtype}
+    if len(parts) == 4:
+        flags["agent.actor_grad"] = parts[3]
+    config = build_config([preset], flags)
+    return preset, dtype, kind, config
+
+
 def bench_row(row: str, batch: int, length: int, envs: int, seconds: float):
-    preset, dtype, kind = row.split(":")
-    config = build_config([preset], {"jax.compute_dtype": dtype})
+    preset, dtype, kind, config = parse_row(row)
     image_size = 16 if preset == "debug" else 64
     obs_space, act_space = spaces(kind, image_size)
     rng = np.random.default_rng(0)
@@ -104,7 +116,8 @@ def preset_counts():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="preset:dtype:obs (obs = proprio | image)")
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS,
+                        help="preset:dtype:obs[:actor_grad] (obs = proprio | image; actor_grad = backprop | reinforce)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--envs", type=int, default=16, help="batch of the policy benchmark")
@@ -120,14 +133,14 @@ def main():
           f"{cpu}); commit {commit}; batch {args.batch} x length {args.length}; policy batch {args.envs}")
     print(f"load average before: {os.getloadavg()}")
     lines = [
-        "| preset | dtype | obs | params | train replayed steps/s | ms/update | compile s | policy steps/s | "
-        "ms/policy step | policy compile s | load (1 min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| preset | dtype | obs | actor grad | params | train replayed steps/s | ms/update | compile s | "
+        "policy steps/s | ms/policy step | policy compile s | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in args.rows:
         r = bench_row(row, args.batch, args.length, args.envs, args.seconds)
-        preset, dtype, kind = row.split(":")
-        line = (f"| {preset} | {dtype} | {kind} | {r['params'] / 1e6:.2f}M | {r['train_sps']:,.0f} | {r['train_ms']:.0f} | "
+        preset, dtype, kind, config = parse_row(row)
+        line = (f"| {preset} | {dtype} | {kind} | {config.agent.actor_grad} | {r['params'] / 1e6:.2f}M | {r['train_sps']:,.0f} | {r['train_ms']:.0f} | "
                 f"{r['compile_s']:.1f} | {r['policy_sps']:,.0f} | {r['policy_ms']:.2f} | {r['policy_compile_s']:.1f} | "
                 f"{r['load'][0]:.2f} |")
         print(line, flush=True)
