@@ -101,4 +101,4 @@ def test_minutes_budget_stops_a_run_early_and_keeps_its_episodes(learn, tmp_path
     done = json.loads((tmp_path / "seed0" / learn.DONE).read_text())
     assert 0 < done["env_steps"] < 1000000 and done["wall_s"] < 120
     assert learn.read_episodes(tmp_path / "seed0" / learn.EPISODES)  # 1 s episodes: some finished
-    assert list((tmp_path / "seed0").glob("ckpt_*"))  # the SIGTERM save
+    assert list((tmp_path / "seed0" / "checkpoints").glob("ckpt_*"))  # the SIGTERM save
