@@ -459,6 +459,8 @@ class Trainer:
                 if stop:
                     reason = "signal"
                     break
+                # Measured before a log resets the counters (a batch log prints its status line right after one).
+                policy_fps = policy_steps / policy_time if policy_time else 0.0
                 if log_due:
                     if self.counters["nonfinite"] == 0:
                         self._good = self.agent.save()  # what a non-finite update rolls back to
@@ -473,7 +475,7 @@ class Trainer:
                 if save_due:
                     self.save()
                     timers["save"] = time.monotonic()
-                progress.update(steps, policy_fps=policy_steps / policy_time if policy_time else 0.0,
+                progress.update(steps, policy_fps=policy_fps,
                                 ret=recent.mean("score") or 0.0, success=recent.mean("success") or 0.0)
             self._log(averages, policy_steps, policy_time, train_steps * per_train, train_time)
             if reason == "nonfinite":

@@ -71,7 +71,7 @@ def finished_run(tmp_path_factory):
     rundir = tmp_path_factory.mktemp("runs") / "tiny"
     start = time.monotonic()
     result = _run([*FAST, "--logdir", str(rundir), "--run.steps", "300", "--run.log_every", "1",
-                   "--run.video_every", "3"])
+                   "--run.video_every", "3", "--run.progress", "true"])
     return rundir, result, time.monotonic() - start
 
 
@@ -82,6 +82,10 @@ def test_tiny_run_writes_checkpoint_metrics_and_tensorboard(finished_run):
     assert f"Run directory: {rundir}" in result.stdout
     assert f"tensorboard --logdir {rundir}" in result.stdout
     assert "Finished 300 env steps" in result.stdout
+    # Batch logs (no TTY) get plain status lines; they must show the policy's rate, not the just-reset counter.
+    status = [line for line in result.stdout.splitlines() if "steps/s" in line and "policy_fps" in line]
+    after_prefill = [line for line in status if int(line.split()[1].split("/")[0]) > 64]
+    assert after_prefill and all(float(line.split("policy_fps")[1].split("|")[0]) > 0 for line in after_prefill), status
 
     assert (rundir / "config.yaml").exists()
     latest = (rundir / "checkpoints" / "latest").read_text().strip()
