@@ -78,7 +78,6 @@ class GoToTarget(composer.Task):
         self._task_observables = {"target": self._target_observable}
 
         self._distance = 0.0
-        self._scored_distance = 0.0
         self._previous_potential = 0.0
         self._progress = 0.0
         self._success_now = False
@@ -110,10 +109,7 @@ class GoToTarget(composer.Task):
         base.spawn_walker(physics, self._walker, random_state, (0.0, 0.0))
         physics.forward()  # head position of the new pose, before placing the target
         self._target_height = max(float(physics.bind(self._walker.head).xpos[2]), self.success_radius)
-        self._place_target(physics, random_state)
-        self._update(physics)
-        self._scored_distance = self._distance
-        self._previous_potential = self._potential(self._distance)
+        self._place_target(physics, random_state)  # also measures the distance and starts the potential there
         self._progress = 0.0
 
     def before_step(self, physics, action, random_state):
@@ -122,14 +118,14 @@ class GoToTarget(composer.Task):
     def after_step(self, physics, random_state):
         self._steps += 1
         self._update(physics)
-        # The step is scored against the target it reached, not the one respawned below.
-        self._scored_distance = self._distance
-        self._progress = self._potential(self._distance) - self._previous_potential
+        # The step is scored against the target it reached; a respawn below restarts the potential there.
+        potential = self._potential(self._distance)
+        self._progress = potential - self._previous_potential
+        self._previous_potential = potential
         self._success_now = self._distance < self.success_radius
         if self._success_now:
             self._reached += 1
             self._place_target(physics, random_state)
-        self._previous_potential = self._potential(self._distance)
 
     def get_reward(self, physics):
         posture = self.posture_weight * (1.0 - self._up) / 2.0
