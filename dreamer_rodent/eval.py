@@ -660,12 +660,9 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
 def _known_errors() -> tuple[type, ...]:
     """User-facing error types of the parts eval drives (printed as `error: ...`, no traceback)."""
     from dreamer_rodent.checkpoint import CheckpointError
-    from tasks.registry import UnknownTaskError
+    from tasks.registry import TaskConfigError, UnknownTaskError
 
-    errors: list[type] = [CheckpointError, UnknownTaskError]
-    if "tasks.base" in sys.modules:
-        errors.append(sys.modules["tasks.base"].TaskConfigError)
-    return tuple(errors)
+    return CheckpointError, UnknownTaskError, TaskConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

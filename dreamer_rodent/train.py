@@ -639,19 +639,13 @@ def train(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: 0 on success, 2 with a one-paragraph error on bad input."""
     from dreamer_rodent.parallel import EnvWorkerError
-    from tasks.registry import UnknownTaskError
+    from tasks.registry import TaskConfigError, UnknownTaskError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         train(argv)
-    except (ConfigError, ckpt.CheckpointError, UnknownTaskError, RunError, EnvWorkerError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 2
-    except ValueError as error:
-        # A task or walker setting a factory refused (e.g. a wrong env.camera) with in-process envs.
-        task_error = getattr(sys.modules.get("tasks.base"), "TaskConfigError", None)
-        if task_error is None or not isinstance(error, task_error):
-            raise
+    # TaskConfigError: a task or walker setting a factory refused (e.g. a wrong env.camera) with in-process envs.
+    except (ConfigError, ckpt.CheckpointError, UnknownTaskError, TaskConfigError, RunError, EnvWorkerError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     return 0

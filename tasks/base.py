@@ -57,6 +57,8 @@ from dm_control import composer
 from dm_control.composer.observation import observable as observable_lib
 from dm_control.mujoco import wrapper as mj_wrapper
 
+from tasks.registry import TaskConfigError  # noqa: F401  (tasks and walkers raise it as base.TaskConfigError)
+
 # Sensory groups the agent can receive; `config.env.keys` lists the ones on.
 KEY_GROUPS = ("image", "vestibular", "proprio", "task")
 VESTIBULAR_SIZE = 12  # gyro 3, accelerometer 3, velocimeter 3, world z-axis 3
@@ -75,10 +77,6 @@ ZNEAR = 0.0005
 OFFSCREEN_SIZE = 1024
 
 WALKERS = ("rat", "mouse", "ball")
-
-
-class TaskConfigError(ValueError):
-    """A task or walker setting that cannot be used; the message says the fix."""
 
 
 @dataclasses.dataclass

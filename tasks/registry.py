@@ -29,6 +29,14 @@ class UnknownTaskError(KeyError):
         return self.args[0]
 
 
+class TaskConfigError(ValueError):
+    """A task or walker setting that cannot be used; the message says the fix.
+
+    Defined here, beside UnknownTaskError, so that the command lines can catch it
+    without importing dm_control; tasks raise it as `base.TaskConfigError`.
+    """
+
+
 def register(name: str, description: str, walker: str):
     """Decorator: registers `factory` under `name` (names are unique)."""
 
