@@ -70,8 +70,7 @@ def parse_row(row: str):
     return preset, dtype, kind, config
 
 
-def bench_row(row: str, batch: int, length: int, envs: int, seconds: float):
-    preset, dtype, kind, config = parse_row(row)
+def bench_row(preset: str, kind: str, config, batch: int, length: int, envs: int, seconds: float):
     image_size = 16 if preset == "debug" else 64
     obs_space, act_space = spaces(kind, image_size)
     rng = np.random.default_rng(0)
@@ -98,7 +97,7 @@ def bench_row(row: str, batch: int, length: int, envs: int, seconds: float):
     policy_s = (time.perf_counter() - start) / piters
     assert np.isfinite(metrics["loss/total"]), metrics
     return {
-        "row": row, "params": agent.param_count(), "train_sps": batch * length / train_s, "train_ms": 1e3 * train_s,
+        "params": agent.param_count(), "train_sps": batch * length / train_s, "train_ms": 1e3 * train_s,
         "compile_s": compile_s, "policy_sps": envs / policy_s, "policy_ms": 1e3 * policy_s,
         "policy_compile_s": pcompile_s, "iters": iters, "load": os.getloadavg(),
     }
@@ -138,8 +137,8 @@ def main():
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in args.rows:
-        r = bench_row(row, args.batch, args.length, args.envs, args.seconds)
         preset, dtype, kind, config = parse_row(row)
+        r = bench_row(preset, kind, config, args.batch, args.length, args.envs, args.seconds)
         line = (f"| {preset} | {dtype} | {kind} | {config.agent.actor_grad} | {r['params'] / 1e6:.2f}M | {r['train_sps']:,.0f} | {r['train_ms']:.0f} | "
                 f"{r['compile_s']:.1f} | {r['policy_sps']:,.0f} | {r['policy_ms']:.2f} | {r['policy_compile_s']:.1f} | "
                 f"{r['load'][0]:.2f} |")
