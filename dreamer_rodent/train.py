@@ -67,7 +67,7 @@ def check_config(config: Config) -> None:
         ("batch_length", config.batch_length >= 2, ">= 2"),
         ("replay.chunk", config.replay.chunk >= 1, ">= 1"),
         ("replay.capacity", config.replay.capacity >= config.batch_length, ">= batch_length"),
-    ]
+    ] + [(f"agent.rec_scales.{branch}", scale >= 0, ">= 0") for branch, scale in config.agent.rec_scales.items()]
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"config key '{key}' must be {rule}, got {config[key]!r}.")

@@ -225,3 +225,17 @@ def test_reinforce_actor_gradients_and_unknown_mode():
         assert 0 < metrics[f"grad_norm/{module}"] < np.inf, module
     with pytest.raises(ValueError, match="backprop, reinforce"):
         Agent(obs_space, act_space, build_config(["debug"], {"agent.actor_grad": "dynamics"}))
+
+
+def test_rec_scales_weight_each_decoder_branch():
+    """agent.rec_scales multiplies one branch's reconstruction loss in the world-model total, no other term."""
+    obs_space, act_space = spaces()
+    batch = make_batch(obs_space)
+    plain = Agent(obs_space, act_space, build_config(["debug"], FLAGS))
+    scaled = Agent(obs_space, act_space,
+                   build_config(["debug"], dict(FLAGS, **{"agent.rec_scales.task": 3.0, "agent.rec_scales.image": 0.5})))
+    _, before = plain.train(plain.init_train(B), batch)  # metrics are of the parameters before the update
+    _, after = scaled.train(scaled.init_train(B), batch)
+    assert np.isclose(after["loss/rec_task"], before["loss/rec_task"], rtol=1e-6)
+    expected = before["loss/world_model"] + 2.0 * before["loss/rec_task"] - 0.5 * before["loss/rec_image"]
+    assert np.isclose(after["loss/world_model"], expected, rtol=1e-5), (after["loss/world_model"], expected)

@@ -366,8 +366,7 @@ class Agent:
         con_target = 1.0 - batch["is_terminal"].astype(f32)
         losses["con"] = -(con_target * jax.nn.log_sigmoid(con_logit) + (1 - con_target) * jax.nn.log_sigmoid(-con_logit))
         losses["dyn"], losses["rep"], kl = dists.kl_losses(post, prior, ac.rssm.free_nats)
-        scales = ac.loss_scales
-        total = sum(jnp.mean(v) * (scales.rec if k.startswith("rec_") else scales[k]) for k, v in losses.items())
+        total = sum(jnp.mean(v) * self._loss_scale(k) for k, v in losses.items())
         metrics = {f"loss/{k}": jnp.mean(v) for k, v in losses.items()}
         metrics.update({
             "wm/kl": jnp.mean(kl),
@@ -378,6 +377,15 @@ class Agent:
         })
         last = {"deter": deter[:, -1], "stoch": stoch[:, -1], "action": action[:, -1]}
         return total, metrics, (sg(deter), sg(stoch), sg(feat)), last
+
+    def _loss_scale(self, name: str) -> float:
+        """World-model loss weight: `rec_<branch>` gets loss_scales.rec times its rec_scales factor."""
+        scales = self.ac.loss_scales
+        if not name.startswith("rec_"):
+            return scales[name]
+        branch = name[len("rec_"):]
+        branch = "image" if any(branch == k for k, _, _ in self.spec["image"]) else branch
+        return scales.rec * self.ac.rec_scales[branch]
 
     def _imagine(self, params, deter, stoch, key, grad: bool):
         """Rollout of the actor in the frozen world model. Returns feats [H+1, N, F], raw actions [H, N, A].
