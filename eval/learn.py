@@ -333,28 +333,32 @@ def _panel(draw, box, series, baseline, ylabel, xmax, ylim=None, threshold=None,
 
 def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: int, threshold: float, title: str,
          baseline: list[dict] | None = None) -> None:
-    """curve.png: rolling success rate and return against env steps per seed; random policy dashed."""
+    """curve.png: rolling success rate and return at `level`, and the curriculum level, against env steps per seed;
+    random policy dashed."""
     from PIL import Image, ImageDraw
 
     import textwrap
 
     lines = textwrap.wrap(title, 120) or [""]
     head = 14 * len(lines) + 26
-    width, height = 1000, 720 + head
+    width, height = 1000, 940 + head
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = _font(13)
     for i, line in enumerate(lines):
         draw.text((width / 2, 8 + 14 * i), line, fill=(0, 0, 0), font=_font(12), anchor="mt")
-    series_s, series_r = [], []
+    series_s, series_r, series_l = [], [], []
     xmax = 0.0
     for i, (name, episodes) in enumerate(runs.items()):
         rows = rolling(episodes, level, window)
         xs = [r["env_steps"] for r in rows]
         xmax = max([xmax] + xs)
         color = COLORS[i % len(COLORS)]
-        series_s.append((name, xs, [r["success_rate"] for r in rows], color))
-        series_r.append((name, xs, [r["return_mean"] for r in rows], color))
+        # The level-`level` curves end where the curriculum leaves that level (the level panel shows the rest).
+        here = [int(round(e.get("level", 0))) == level for e in episodes]
+        series_s.append((name, xs, [r["success_rate"] if h else None for r, h in zip(rows, here)], color))
+        series_r.append((name, xs, [r["return_mean"] if h else None for r, h in zip(rows, here)], color))
+        series_l.append((name, xs, [float(e.get("level", 0)) for e in episodes], color))
     base_s = base_r = None
     if baseline:
         at = [e for e in baseline if int(round(e.get("level", 0))) == level] or baseline
@@ -362,8 +366,11 @@ def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: in
         base_r = sum(e["return"] for e in at) / len(at)
     _panel(draw, (0, head, width, head + 360), series_s, base_s, f"success rate (last {window} episodes at level {level})",
            xmax, ylim=(-0.02, 1.02), threshold=threshold, font=font)
-    _panel(draw, (0, head + 360, width, height - 30), series_r, base_r, f"return (mean of last {window} at level {level})",
+    _panel(draw, (0, head + 360, width, head + 720), series_r, base_r, f"return (mean of last {window} at level {level})",
            xmax, font=font)
+    top_level = max([1.0] + [y for _, _, ys, _ in series_l for y in ys])
+    _panel(draw, (0, head + 720, width, height - 30), series_l, None, "curriculum level (of each episode)", xmax,
+           ylim=(-0.1, top_level + 0.1), font=font)
     x = 80
     for name, _, _, color in series_s:
         draw.line([(x, height - 18), (x + 24, height - 18)], fill=color, width=3)
