@@ -82,3 +82,4 @@ def test_default_task_applies_its_preset_unless_a_preset_picks_the_task():
     assert config.task == "ball_goto" and config.env.time_limit == 5.0 and config.agent.units == 32
     config, _ = parse_args(["--configs", "rodent_goto"])  # that preset sets the task: no ball preset under it
     assert config.task == "rodent_goto" and config.agent.units == 256 and config.env.time_limit == 10.0
+    assert config.env.action_repeat == 2 and config.agent.rec_scales.task == 10.0 and config.agent.rec_scales.proprio == 1
