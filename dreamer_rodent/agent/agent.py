@@ -16,6 +16,11 @@ Choices where the papers leave room (documented so they can be revisited):
 - One optimiser over all modules; each loss reaches only its own module
   because imagination starts from stop-gradient states with frozen
   world-model and actor parameters.
+- Reconstruction losses are summed over each branch's dimensions, as in the
+  paper, then weighted per branch by `agent.rec_scales` (all 1 by default, the
+  paper's choice). The rodent go-to presets weight the 3-number task cue 10x:
+  beside ~100 proprio numbers the world model otherwise kept the target with
+  2.3x the error and the policy never steered to it (eval/RESULTS.md).
 - Every training batch starts from the zero latent state unless
   `agent.train_carry` is set, in which case the last posterior state of each
   row is carried into the next batch (for runtimes that replay consecutive
