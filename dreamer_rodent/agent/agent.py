@@ -20,7 +20,7 @@ Choices where the papers leave room (documented so they can be revisited):
   paper, then weighted per branch by `agent.rec_scales` (all 1 by default, the
   paper's choice). The rodent go-to presets weight the 3-number task cue 10x:
   beside ~100 proprio numbers the world model otherwise kept the target with
-  2.3x the error and the policy never steered to it (eval/RESULTS.md).
+  2.3x the squared error and the policy did not steer to it (eval/RESULTS.md).
 - Every training batch starts from the zero latent state unless
   `agent.train_carry` is set, in which case the last posterior state of each
   row is carried into the next batch (for runtimes that replay consecutive
