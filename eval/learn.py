@@ -168,6 +168,11 @@ def read_episodes(path: pathlib.Path) -> list[dict]:
     return records
 
 
+def level_of(episode: dict) -> int:
+    """The curriculum level an episode ran at (episodes of tasks without one: 0)."""
+    return int(round(episode.get("level", 0)))
+
+
 def rolling(episodes: Sequence[dict], level: int, window: int) -> list[dict]:
     """Each episode with the success rate and mean return over the last `window` episodes at `level`.
 
@@ -177,7 +182,7 @@ def rolling(episodes: Sequence[dict], level: int, window: int) -> list[dict]:
     recent: list[dict] = []
     rows = []
     for episode in episodes:
-        if int(round(episode.get("level", 0))) == level:
+        if level_of(episode) == level:
             recent.append(episode)
             recent = recent[-window:]
         rate = sum(e["success"] for e in recent) / len(recent) if recent else None
@@ -198,7 +203,7 @@ def summarize(name: str, episodes: Sequence[dict], level: int, window: int, thre
               done: dict | None = None) -> dict:
     rows = rolling(episodes, level, window)
     hit = steps_to_threshold(rows, threshold)
-    at_level = [e for e in episodes if int(round(e.get("level", 0))) == level]
+    at_level = [e for e in episodes if level_of(e) == level]
     last = at_level[-window:]
     return {
         "seed": name,
@@ -212,8 +217,8 @@ def summarize(name: str, episodes: Sequence[dict], level: int, window: int, thre
         "final_return": round(sum(e["return"] for e in last) / len(last), 2) if last else "",
         "mean_success_rate": round(sum(e["success"] for e in at_level) / len(at_level), 3) if at_level else "",
         "mean_return": round(sum(e["return"] for e in at_level) / len(at_level), 2) if at_level else "",
-        "final_level": int(round(episodes[-1].get("level", 0))) if episodes else "",
-        "max_level": int(round(max(e.get("level", 0) for e in episodes))) if episodes else "",
+        "final_level": level_of(episodes[-1]) if episodes else "",
+        "max_level": max(level_of(e) for e in episodes) if episodes else "",
     }
 
 
@@ -355,13 +360,13 @@ def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: in
         xmax = max([xmax] + xs)
         color = COLORS[i % len(COLORS)]
         # The level-`level` curves end where the curriculum leaves that level (the level panel shows the rest).
-        here = [int(round(e.get("level", 0))) == level for e in episodes]
+        here = [level_of(e) == level for e in episodes]
         series_s.append((name, xs, [r["success_rate"] if h else None for r, h in zip(rows, here)], color))
         series_r.append((name, xs, [r["return_mean"] if h else None for r, h in zip(rows, here)], color))
-        series_l.append((name, xs, [float(e.get("level", 0)) for e in episodes], color))
+        series_l.append((name, xs, [float(level_of(e)) for e in episodes], color))
     base_s = base_r = None
     if baseline:
-        at = [e for e in baseline if int(round(e.get("level", 0))) == level] or baseline
+        at = [e for e in baseline if level_of(e) == level] or baseline
         base_s = sum(e["success"] for e in at) / len(at)
         base_r = sum(e["return"] for e in at) / len(at)
     _panel(draw, (0, head, width, head + 360), series_s, base_s, f"success rate (last {window} episodes at level {level})",
