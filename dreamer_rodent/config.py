@@ -342,8 +342,9 @@ def task_preset(task, names: Iterable[str], path=CONFIGS_PATH) -> list[str]:
     """`[task]` when configs.yaml has task defaults for `--task NAME` (a preset of that name that sets
     `task: NAME`, e.g. mouse_goto's mouse-sized success radius) and `--configs` does not list it already;
     they go first, so other presets and flags still override them. Without this, `--task mouse_goto`
-    trained the mouse with the rat's target distances. Without `--task`, the default task's preset applies
-    unless a listed preset picks the task itself."""
+    trained the mouse with the rat's target distances. A task without such a preset may name one in its
+    registration (`register(..., preset=...)`: every dm_control suite task applies `dmc_proprio`).
+    Without `--task`, the default task's preset applies unless a listed preset picks the task itself."""
     presets = load_presets(path)
     if task is None:
         if any(isinstance(presets.get(n), Mapping) and "task" in presets[n] for n in names):
@@ -354,7 +355,23 @@ def task_preset(task, names: Iterable[str], path=CONFIGS_PATH) -> list[str]:
     preset = presets.get(task)
     if task != "defaults" and isinstance(preset, Mapping) and preset.get("task") == task:
         return [task]
-    return []
+    named = _registered_preset(task)
+    if named is None or named in names:
+        return []
+    if named == "defaults" or not isinstance(presets.get(named), Mapping):
+        raise ConfigError(f"task '{task}' is registered with the config preset '{named}', which {path} does not "
+                          f"have; add that preset or point DREAMER_RODENT_CONFIGS at a configs.yaml that has it.")
+    return [named]
+
+
+def _registered_preset(task: str) -> str | None:
+    """The preset `task`'s registration names, or None (an unknown task is reported by the caller's checks)."""
+    from tasks import registry
+
+    try:
+        return registry.get(task).preset
+    except registry.UnknownTaskError:
+        return None
 
 
 def _is_number(text: str) -> bool:

@@ -16,13 +16,22 @@ import numpy as np
 
 
 def table() -> str:
+    """The rodent tasks, then the benchmark tasks (dm_control suite) in a section of their own."""
     from tasks import registry
 
     entries = registry.entries()
     width = max([len("name")] + [len(n) for n in entries])
     wwidth = max([len("walker")] + [len(e.walker) for e in entries.values()])
-    lines = [f"{'name':<{width}}  {'walker':<{wwidth}}  description"]
-    lines += [f"{e.name:<{width}}  {e.walker:<{wwidth}}  {e.description}" for e in entries.values()]
+
+    def rows(benchmark: bool) -> list[str]:
+        return [f"{e.name:<{width}}  {e.walker:<{wwidth}}  {e.description}"
+                for e in entries.values() if e.benchmark == benchmark]
+
+    lines = [f"{'name':<{width}}  {'walker':<{wwidth}}  description"] + rows(False)
+    benchmarks = rows(True)
+    if benchmarks:
+        lines += ["", "benchmark tasks (dm_control suite, to compare with published DreamerV3 scores):",
+                  f"{'name':<{width}}  {'domain':<{wwidth}}  description"] + benchmarks
     return "\n".join(lines)
 
 
@@ -34,7 +43,7 @@ def show(task: str, out: str, size: int = 64, steps: int = 0, camera: str | None
     from dreamer_rodent.config import build_config
     from dreamer_rodent.env import make_env
 
-    config = build_config(flags={"task": task, "env.image_size": size, "seed": seed})
+    config = build_config(flags={"task": task, "env.image_size": size, "env.keys": ["image"], "seed": seed})
     env = make_env(config)
     try:
         obs = env.step({"reset": True})

@@ -2,7 +2,7 @@
 
     python eval/learn.py --task ball_goto --steps 20000 --seeds 0 1 2 --out eval/results/ball_goto \
         [--minutes M] [--threshold 0.9] [--window 20] [--level 0] [--baseline-episodes 20] [--plot-only] \
-        [-- --configs size1m proprio_only --run.envs 1 --run.env_parallel none ...]
+        [--reference CSV] [-- --configs size1m proprio_only --run.envs 1 --run.env_parallel none ...]
 
 For each seed it runs `dreamer_rodent.train` in a child process (one run
 directory per seed: OUT/seed<S>/, with the usual metrics.jsonl and
@@ -11,7 +11,8 @@ training episode to OUT/seed<S>/episodes.jsonl: env steps so far, wall-clock
 seconds since the child started (compilation included), return, success (the
 target was reached at least once: the task's targets_reached count > 0, which
 also sees targets reached inside an action repeat), curriculum level and
-targets reached.
+targets reached. A task without a success metric (no `log/success`: the
+dm_control suite benchmarks) records success as null and gets return curves only.
 
 The curve is the training episodes themselves (the stochastic training
 policy, random actions during the prefill); checkpoints are not evaluated
@@ -25,15 +26,24 @@ Written to OUT:
                level `--level`
   summary.csv  one row per seed and one for the random policy: steps and
                wall-clock to the threshold, final (last window) and mean (all
-               episodes at the level) success rate and return, level
+               episodes at the level) success rate and return, level, and the mean
+               return of the episodes that end in (90k, 100k] env steps
+               (`return_90k_100k`, the published scores' 100k point) and in the last
+               10% of the run's steps; with --reference one row per published method
+               (`ref:METHOD`) with its return_90k_100k
   curve.png    success rate and return over the window against env steps, one
-               line per seed, the random policy dashed
+               line per seed, the random policy dashed; with --reference the
+               published methods' mean over seeds with a light min-max band
 
 Steps-to-threshold: the env step at the end of the first episode at which the
 success rate over the last `--window` episodes at level `--level` (only
 episodes at that level count) reaches `--threshold`; empty if never.
 A seed whose run directory holds a finished run (`learn_done.json`) is not
 trained again; `--plot-only` only rebuilds the CSVs and plot from what is there.
+
+`--reference CSV` (columns task,method,seed,env_steps,return, like
+../shared/anchors/dmc_proprio_published.csv) adds the rows of `--task` to the
+return plot and the summary, one curve per method.
 """
 
 from __future__ import annotations
@@ -60,15 +70,17 @@ DONE = "learn_done.json"
 # Child process: train with an episode hook.
 
 
-def _scores(episode: dict) -> dict:
+def _scores(episode: dict, has_success: bool = True) -> dict:
     """An episode record of the driver -> the fields learn.py keeps.
 
     Success is the driver's (log/success seen at some step) or, where the task
     counts them, at least one target reached: with env.action_repeat > 1 the
     driver sees only the last sub-step's log/success, the count sees them all.
+    A task without log/success (`has_success` false) gets None: the driver's 0
+    there would read as "never succeeded".
     """
     targets = episode.get("targets_reached")
-    success = float(episode["success"] > 0 or (targets is not None and targets > 0))
+    success = float(episode["success"] > 0 or (targets is not None and targets > 0)) if has_success else None
     return {"return": episode["score"], "length": episode["length"], "success": success,
             "level": episode.get("curriculum_level", 0.0), "env": episode["env"],
             "targets": float("nan") if targets is None else targets}
@@ -109,7 +121,8 @@ def _worker(rundir: str, train_argv: list[str], minutes: float = 0.0) -> int:
         transition, finished = original(self, policy)
         steps["n"] += self.num
         for episode in finished:
-            record = {"env_steps": steps["n"], "wall_s": round(time.monotonic() - start, 3), **_scores(episode)}
+            record = {"env_steps": steps["n"], "wall_s": round(time.monotonic() - start, 3),
+                      **_scores(episode, "log/success" in self.env.obs_space)}
             out.write(json.dumps(record) + "\n")
         return transition, finished
 
@@ -134,12 +147,14 @@ def random_baseline(train_argv: list[str], out_dir: pathlib.Path, episodes: int)
     records = []
     try:
         driver = Driver(envs, seed=int(config.seed) * 7919 + 1)
+        has_success = "log/success" in envs.obs_space
         n = 0
         while len(records) < episodes:
             _, finished = driver.step(driver.random_actions)
             n += driver.num
             for episode in finished:
-                records.append({"env_steps": n, "wall_s": round(time.monotonic() - start, 3), **_scores(episode)})
+                records.append({"env_steps": n, "wall_s": round(time.monotonic() - start, 3),
+                                **_scores(episode, has_success)})
     finally:
         envs.close()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,11 +188,22 @@ def level_of(episode: dict) -> int:
     return int(round(episode.get("level", 0)))
 
 
+def has_success(runs: dict[str, list[dict]]) -> bool:
+    """Whether the task scores success (a task without log/success records None: return curves only)."""
+    return any(e.get("success") is not None for episodes in runs.values() for e in episodes)
+
+
+def success_rate(episodes: Sequence[dict]) -> float | None:
+    scored = [e["success"] for e in episodes if e.get("success") is not None]
+    return sum(scored) / len(scored) if scored else None
+
+
 def rolling(episodes: Sequence[dict], level: int, window: int) -> list[dict]:
     """Each episode with the success rate and mean return over the last `window` episodes at `level`.
 
     Episodes at other levels get the values of the last window (or None before
-    the first episode at the level); `full` says the window holds `window` episodes.
+    the first episode at the level); `full` says the window holds `window`
+    episodes. The success rate is None for a task without success.
     """
     recent: list[dict] = []
     rows = []
@@ -185,7 +211,7 @@ def rolling(episodes: Sequence[dict], level: int, window: int) -> list[dict]:
         if level_of(episode) == level:
             recent.append(episode)
             recent = recent[-window:]
-        rate = sum(e["success"] for e in recent) / len(recent) if recent else None
+        rate = success_rate(recent)
         ret = sum(e["return"] for e in recent) / len(recent) if recent else None
         rows.append({**episode, "success_rate": rate, "return_mean": ret, "full": len(recent) == window})
     return rows
@@ -199,24 +225,37 @@ def steps_to_threshold(rows: Sequence[dict], threshold: float) -> dict | None:
     return None
 
 
+def mean_return_between(episodes: Sequence[dict], low: float, high: float) -> float | None:
+    """Mean return of the episodes that end after env step `low` and at or before `high` (None: none did)."""
+    returns = [e["return"] for e in episodes if low < e["env_steps"] <= high]
+    return sum(returns) / len(returns) if returns else None
+
+
+def _rounded(value: float | None, digits: int):
+    return "" if value is None else round(value, digits)
+
+
 def summarize(name: str, episodes: Sequence[dict], level: int, window: int, threshold: float,
               done: dict | None = None) -> dict:
     rows = rolling(episodes, level, window)
     hit = steps_to_threshold(rows, threshold)
     at_level = [e for e in episodes if level_of(e) == level]
     last = at_level[-window:]
+    steps = (done or {}).get("env_steps", episodes[-1]["env_steps"] if episodes else 0)
     return {
         "seed": name,
         "episodes": len(episodes),
         "episodes_at_level": len(at_level),
-        "env_steps": (done or {}).get("env_steps", episodes[-1]["env_steps"] if episodes else 0),
+        "env_steps": steps,
         "wall_s": round((done or {}).get("wall_s", episodes[-1]["wall_s"] if episodes else 0.0), 1),
         "steps_to_threshold": hit["env_steps"] if hit else "",
         "wall_s_to_threshold": round(hit["wall_s"], 1) if hit else "",
-        "final_success_rate": round(sum(e["success"] for e in last) / len(last), 3) if last else "",
+        "final_success_rate": _rounded(success_rate(last), 3),
         "final_return": round(sum(e["return"] for e in last) / len(last), 2) if last else "",
-        "mean_success_rate": round(sum(e["success"] for e in at_level) / len(at_level), 3) if at_level else "",
+        "mean_success_rate": _rounded(success_rate(at_level), 3),
         "mean_return": round(sum(e["return"] for e in at_level) / len(at_level), 2) if at_level else "",
+        "return_90k_100k": _rounded(mean_return_between(episodes, 90_000, 100_000), 2),
+        "return_last_10pct": _rounded(mean_return_between(episodes, 0.9 * steps, steps), 2),
         "final_level": level_of(episodes[-1]) if episodes else "",
         "max_level": max(level_of(e) for e in episodes) if episodes else "",
     }
@@ -226,16 +265,21 @@ CURVE_FIELDS = ["seed", "episode", "env_steps", "wall_s", "return", "success", "
                 "success_rate", "return_mean"]
 SUMMARY_FIELDS = ["seed", "episodes", "episodes_at_level", "env_steps", "wall_s", "steps_to_threshold",
                   "wall_s_to_threshold", "final_success_rate", "final_return", "mean_success_rate", "mean_return",
-                  "final_level", "max_level"]
+                  "return_90k_100k", "return_last_10pct", "final_level", "max_level"]
+# Columns about success, left out for a task without it.
+SUCCESS_FIELDS = {"success", "targets", "success_rate", "steps_to_threshold", "wall_s_to_threshold",
+                  "final_success_rate", "mean_success_rate"}
 
 
 def write_csvs(out: pathlib.Path, runs: dict[str, list[dict]], level: int, window: int, threshold: float,
-               dones: dict[str, dict] | None = None) -> list[dict]:
-    """curve.csv and summary.csv for `runs` (name -> episodes); returns the summary rows."""
+               dones: dict[str, dict] | None = None, reference: dict | None = None) -> list[dict]:
+    """curve.csv and summary.csv for `runs` (name -> episodes) and the `reference` methods; returns the
+    summary rows. A task without success gets no success columns."""
     out.mkdir(parents=True, exist_ok=True)
+    keep = (lambda field: True) if has_success(runs) else (lambda field: field not in SUCCESS_FIELDS)
     summaries = []
     with open(out / "curve.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, CURVE_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, [k for k in CURVE_FIELDS if keep(k)], extrasaction="ignore")
         writer.writeheader()
         for name, episodes in runs.items():
             for i, row in enumerate(rolling(episodes, level, window)):
@@ -245,17 +289,78 @@ def write_csvs(out: pathlib.Path, runs: dict[str, list[dict]], level: int, windo
                 row["return"] = round(row["return"], 3)
                 writer.writerow(row)
             summaries.append(summarize(name, episodes, level, window, threshold, (dones or {}).get(name)))
+    for method, seeds in (reference or {}).items():
+        value = mean_return_between([{"env_steps": x, "return": y} for points in seeds.values() for x, y in points],
+                                    90_000, 100_000)
+        summaries.append({"seed": f"ref:{method}", "return_90k_100k": _rounded(value, 2)})
     with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, SUMMARY_FIELDS)
+        writer = csv.DictWriter(f, [k for k in SUMMARY_FIELDS if keep(k)], extrasaction="ignore", restval="")
         writer.writeheader()
         writer.writerows(summaries)
     return summaries
 
 
 # ---------------------------------------------------------------------------
+# Published curves to compare with (--reference).
+
+REFERENCE_COLUMNS = ("task", "method", "seed", "env_steps", "return")
+
+
+class ReferenceFileError(ValueError):
+    """A --reference file that cannot be used; the message says why."""
+
+
+def read_reference(path: pathlib.Path, task: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """method -> seed -> [(env_steps, return)] for `task`, from a CSV with REFERENCE_COLUMNS."""
+    if not path.is_file():
+        raise ReferenceFileError(f"--reference {path} does not exist; give a CSV with columns "
+                                 f"{','.join(REFERENCE_COLUMNS)} (e.g. ../shared/anchors/dmc_proprio_published.csv).")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REFERENCE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ReferenceFileError(f"--reference {path} lacks the column(s) {missing}; it needs "
+                                     f"{','.join(REFERENCE_COLUMNS)}, got {reader.fieldnames}.")
+        rows = list(reader)
+    curves: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for line, row in enumerate(rows, start=2):
+        if row["task"] != task:
+            continue
+        try:
+            point = (float(row["env_steps"]), float(row["return"]))
+        except ValueError:
+            raise ReferenceFileError(f"--reference {path} line {line}: env_steps and return must be numbers, "
+                                     f"got {row['env_steps']!r} and {row['return']!r}.") from None
+        curves.setdefault(row["method"], {}).setdefault(row["seed"], []).append(point)
+    if not curves:
+        tasks = sorted({row["task"] for row in rows})
+        raise ReferenceFileError(f"--reference {path} has no rows for task '{task}'; it has rows for "
+                                 f"{', '.join(tasks) or 'no task'}.")
+    return curves
+
+
+def reference_band(seeds: dict[str, list[tuple[float, float]]], xmax: float | None = None):
+    """(steps, mean, min, max) over the seeds at each env step they report, up to `xmax`."""
+    by_step: dict[float, list[float]] = {}
+    for points in seeds.values():
+        for x, y in points:
+            if xmax is None or x <= xmax:
+                by_step.setdefault(x, []).append(y)
+    xs = sorted(by_step)
+    return (xs, [sum(by_step[x]) / len(by_step[x]) for x in xs], [min(by_step[x]) for x in xs],
+            [max(by_step[x]) for x in xs])
+
+
+# ---------------------------------------------------------------------------
 # Plot with PIL (no matplotlib dependency).
 
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+REFERENCE_COLORS = [(70, 70, 70), (23, 190, 207), (188, 189, 34)]  # published methods, apart from the seeds'
+
+
+def _tint(color, amount: float = 0.8):
+    """`color` mixed with white: a band behind its line."""
+    return tuple(int(c + (255 - c) * amount) for c in color)
 
 
 def _font(size: int):
@@ -290,11 +395,13 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def _panel(draw, box, series, baseline, ylabel, xmax, ylim=None, threshold=None, font=None):
-    """One chart in `box` (x0, y0, x1, y1): series = [(name, xs, ys, color)], baseline = y or None."""
+def _panel(draw, box, series, baseline, ylabel, xmax, ylim=None, threshold=None, font=None, bands=()):
+    """One chart in `box` (x0, y0, x1, y1): series = [(name, xs, ys, color)], baseline = y or None,
+    bands = [(xs, lows, highs, color)] filled in a light tint behind the lines."""
     x0, y0, x1, y1 = box
     left, right, top, bottom = x0 + 70, x1 - 15, y0 + 15, y1 - 45
     ys_all = [y for _, _, ys, _ in series for y in ys if y is not None]
+    ys_all += [y for _, lows, highs, _ in bands for y in lows + highs]
     if baseline is not None:
         ys_all.append(baseline)
     if ylim is None:
@@ -319,6 +426,12 @@ def _panel(draw, box, series, baseline, ylabel, xmax, ylim=None, threshold=None,
     draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
     draw.text(((left + right) / 2, bottom + 26), "env steps", fill=(0, 0, 0), font=font, anchor="mt")
     draw.text((x0 + 4, top - 12), ylabel, fill=(0, 0, 0), font=font)
+    for xs, lows, highs, color in bands:
+        if len(xs) > 1:
+            draw.polygon([px(x, y) for x, y in zip(xs, highs)] + [px(x, y) for x, y in reversed(list(zip(xs, lows)))],
+                         fill=_tint(color))
+    if bands:
+        draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
     if threshold is not None:
         _, yy = px(0, threshold)
         for xs in range(int(left), int(right), 12):
@@ -337,16 +450,19 @@ def _panel(draw, box, series, baseline, ylabel, xmax, ylim=None, threshold=None,
 
 
 def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: int, threshold: float, title: str,
-         baseline: list[dict] | None = None) -> None:
+         baseline: list[dict] | None = None, reference: dict | None = None) -> None:
     """curve.png: rolling success rate and return at `level`, and the curriculum level, against env steps per seed;
-    random policy dashed."""
+    random policy dashed; `reference` (read_reference's methods) as mean lines over min-max bands on the return.
+    A task without success gets the return panel only."""
     from PIL import Image, ImageDraw
 
     import textwrap
 
+    scored = has_success({**runs, "random": baseline or []})
     lines = textwrap.wrap(title, 120) or [""]
     head = 14 * len(lines) + 26
-    width, height = 1000, 940 + head
+    foot = 52 if reference else 30  # the legend: seeds and baseline, then the published methods on a line below
+    width, height = 1000, (940 if scored else 520) + head + foot - 30
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = _font(13)
@@ -364,28 +480,51 @@ def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: in
         series_s.append((name, xs, [r["success_rate"] if h else None for r, h in zip(rows, here)], color))
         series_r.append((name, xs, [r["return_mean"] if h else None for r, h in zip(rows, here)], color))
         series_l.append((name, xs, [float(level_of(e)) for e in episodes], color))
+    # The published curves, under the seeds' lines, over the steps our runs cover (all before any run has data).
+    bands, references, published = [], [], []
+    for i, (method, seeds) in enumerate((reference or {}).items()):
+        xs, means, lows, highs = reference_band(seeds, xmax or None)
+        color = REFERENCE_COLORS[i % len(REFERENCE_COLORS)]
+        bands.append((xs, lows, highs, color))
+        published.append((method, xs, means, color))
+        references.append((method, len(seeds), color))
+        xmax = xmax or max(xs, default=0.0)
     base_s = base_r = None
     if baseline:
         at = [e for e in baseline if level_of(e) == level] or baseline
-        base_s = sum(e["success"] for e in at) / len(at)
+        base_s = success_rate(at)
         base_r = sum(e["return"] for e in at) / len(at)
-    _panel(draw, (0, head, width, head + 360), series_s, base_s, f"success rate (last {window} episodes at level {level})",
-           xmax, ylim=(-0.02, 1.02), threshold=threshold, font=font)
-    _panel(draw, (0, head + 360, width, head + 720), series_r, base_r, f"return (mean of last {window} at level {level})",
-           xmax, font=font)
-    top_level = max([1.0] + [y for _, _, ys, _ in series_l for y in ys])
-    _panel(draw, (0, head + 720, width, height - 30), series_l, None, "curriculum level (of each episode)", xmax,
-           ylim=(-0.1, top_level + 0.1), font=font)
-    x = 80
-    for name, _, _, color in series_s:
-        draw.line([(x, height - 18), (x + 24, height - 18)], fill=color, width=3)
-        draw.text((x + 30, height - 18), f"seed {name}", fill=(0, 0, 0), font=font, anchor="lm")
+    ret_label = f"return (mean of last {window} " + (f"at level {level})" if scored else "episodes)")
+    if scored:
+        _panel(draw, (0, head, width, head + 360), series_s, base_s,
+               f"success rate (last {window} episodes at level {level})", xmax, ylim=(-0.02, 1.02),
+               threshold=threshold, font=font)
+        _panel(draw, (0, head + 360, width, head + 720), published + series_r, base_r, ret_label, xmax, font=font,
+               bands=bands)
+        top_level = max([1.0] + [y for _, _, ys, _ in series_l for y in ys])
+        _panel(draw, (0, head + 720, width, height - foot), series_l, None, "curriculum level (of each episode)",
+               xmax, ylim=(-0.1, top_level + 0.1), font=font)
+    else:
+        _panel(draw, (0, head, width, height - foot), published + series_r, base_r, ret_label, xmax, font=font,
+               bands=bands)
+    x, y = 80, height - foot + 12
+    for name, _, _, color in series_l:
+        draw.line([(x, y), (x + 24, y)], fill=color, width=3)
+        draw.text((x + 30, y), f"seed {name}", fill=(0, 0, 0), font=font, anchor="lm")
         x += 110
     if baseline:
-        draw.line([(x, height - 18), (x + 24, height - 18)], fill=(0, 0, 0), width=2)
-        draw.text((x + 30, height - 18), "random policy", fill=(0, 0, 0), font=font, anchor="lm")
+        draw.line([(x, y), (x + 24, y)], fill=(0, 0, 0), width=2)
+        draw.text((x + 30, y), "random policy", fill=(0, 0, 0), font=font, anchor="lm")
         x += 140
-    draw.text((x, height - 18), f"grey: threshold {threshold:g}", fill=(90, 90, 90), font=font, anchor="lm")
+    if scored:
+        draw.text((x, y), f"grey: threshold {threshold:g}", fill=(90, 90, 90), font=font, anchor="lm")
+    x, y = 80, y + 22
+    for method, count, color in references:
+        draw.rectangle([x, y - 6, x + 24, y + 6], fill=_tint(color))
+        draw.line([(x, y), (x + 24, y)], fill=color, width=3)
+        label = f"{method} (published: mean of {count} seeds, min-max band)"
+        draw.text((x + 30, y), label, fill=(0, 0, 0), font=font, anchor="lm")
+        x += 50 + int(draw.textlength(label, font=font))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 
@@ -418,6 +557,25 @@ def load_runs(out: pathlib.Path, seeds: Iterable[int]):
     return runs, dones
 
 
+def summary_table(summaries: Sequence[dict], threshold: float, scored: bool) -> str:
+    """The summary rows for the console: success columns only for a task that has success."""
+    columns = [("seed", "seed", 13), ("episodes", "episodes", 8), ("env_steps", "env steps", 9),
+               ("wall_s", "wall s", 8)]
+    if scored:
+        columns += [("steps_to_threshold", f"steps to {threshold:g}", 13), ("wall_s_to_threshold", "wall s to", 9),
+                    ("final_success_rate", "success", 7)]
+    columns += [("final_return", "return", 8)]
+    if scored:
+        columns += [("mean_success_rate", "all succ", 8)]
+    columns += [("mean_return", "all ret", 8), ("return_90k_100k", "ret 90k-100k", 12),
+                ("return_last_10pct", "ret last 10%", 12)]
+    if scored:
+        columns += [("final_level", "level", 5)]
+    lines = [" ".join(f"{title:>{w}}" for _, title, w in columns)]
+    lines += [" ".join(f"{str(s.get(key, '')):>{w}}" for key, _, w in columns) for s in summaries]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     full = list(argv)
@@ -440,18 +598,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--level", type=int, default=0, help="curriculum level the curve and threshold use")
     parser.add_argument("--baseline-episodes", type=int, default=20, help="random-policy episodes (0: none)")
     parser.add_argument("--plot-only", action="store_true", help="rebuild CSVs and plot from existing runs")
+    parser.add_argument("--reference", metavar="CSV", default=None,
+                        help="published curves to draw on the return plot (columns task,method,seed,env_steps,return; "
+                             "e.g. ../shared/anchors/dmc_proprio_published.csv)")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
     train_argv = ["--task", args.task, *rest, "--run.progress", "False"]
     command_file = out / "command.json"
+    task, title = args.task, f"{args.task}: {' '.join(rest)}"
+    if args.plot_only and command_file.exists():
+        saved = json.loads(command_file.read_text())
+        task, title = saved["task"], f"{saved['task']}: {' '.join(saved['train_args'])}"
+    reference = None
+    if args.reference:  # checked before any training, so a wrong path costs nothing
+        try:
+            reference = read_reference(pathlib.Path(args.reference), task)
+        except ReferenceFileError as error:
+            raise SystemExit(f"error: {error}") from None
     if not args.plot_only:
         out.mkdir(parents=True, exist_ok=True)
         command_file.write_text(json.dumps({"argv": ["eval/learn.py", *full],
                                             "task": args.task, "train_args": rest}) + "\n")
-    title = f"{args.task}: {' '.join(rest)}"
-    if args.plot_only and command_file.exists():
-        saved = json.loads(command_file.read_text())
-        title = f"{saved['task']}: {' '.join(saved['train_args'])}"
 
     if not args.plot_only:
         for seed in args.seeds:
@@ -469,15 +636,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         all_runs["random"] = baseline
         if (out / "random" / DONE).exists():
             dones["random"] = json.loads((out / "random" / DONE).read_text())
-    summaries = write_csvs(out, all_runs, args.level, args.window, args.threshold, dones)
-    plot(out / "curve.png", runs, args.level, args.window, args.threshold, title, baseline)
-    print(f"\n{'seed':>7} {'episodes':>8} {'env steps':>9} {'wall s':>8} {'steps to ' + format(args.threshold, 'g'):>13} "
-          f"{'wall s to':>9} {'success':>7} {'return':>8} {'all succ':>8} {'all ret':>8} {'level':>5}")
-    for s in summaries:
-        print(f"{s['seed']:>7} {s['episodes']:>8} {s['env_steps']:>9} {s['wall_s']:>8} {str(s['steps_to_threshold']):>13} "
-              f"{str(s['wall_s_to_threshold']):>9} {str(s['final_success_rate']):>7} {str(s['final_return']):>8} "
-              f"{str(s['mean_success_rate']):>8} {str(s['mean_return']):>8} "
-              f"{str(s['final_level']):>5}")
+    summaries = write_csvs(out, all_runs, args.level, args.window, args.threshold, dones, reference)
+    plot(out / "curve.png", runs, args.level, args.window, args.threshold, title, baseline, reference)
+    print("\n" + summary_table(summaries, args.threshold, has_success(all_runs)))
     print(f"\nWrote {out / 'curve.csv'}, {out / 'summary.csv'}, {out / 'curve.png'}", flush=True)
     return 0
 

@@ -2,6 +2,9 @@
 
 A task module in this package registers itself with `@register(...)`; every
 module in `tasks/` is imported on first lookup, so adding a task is one file.
+A registration may name the configs.yaml preset that `--task NAME` applies first
+(`preset`), for a family of tasks that share defaults (the dm_control suite's
+`dmc_proprio`), and mark a task as a benchmark, listed apart from the rodent tasks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ class TaskEntry:
     factory: Callable
     description: str
     walker: str
+    preset: str | None = None  # configs.yaml preset that `--task NAME` applies first (None: the one named NAME, if any)
+    benchmark: bool = False  # a reference task (dm_control suite) to compare the agent with published scores
 
 
 class UnknownTaskError(KeyError):
@@ -37,13 +42,13 @@ class TaskConfigError(ValueError):
     """
 
 
-def register(name: str, description: str, walker: str):
+def register(name: str, description: str, walker: str, preset: str | None = None, benchmark: bool = False):
     """Decorator: registers `factory` under `name` (names are unique)."""
 
     def decorate(factory):
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
             raise ValueError(f"task '{name}' is registered twice ({_REGISTRY[name].factory} and {factory}).")
-        _REGISTRY[name] = TaskEntry(name, factory, description, walker)
+        _REGISTRY[name] = TaskEntry(name, factory, description, walker, preset, benchmark)
         return factory
 
     return decorate

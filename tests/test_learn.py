@@ -102,3 +102,112 @@ def test_minutes_budget_stops_a_run_early_and_keeps_its_episodes(learn, tmp_path
     assert 0 < done["env_steps"] < 1000000 and done["wall_s"] < 120
     assert learn.read_episodes(tmp_path / "seed0" / learn.EPISODES)  # 1 s episodes: some finished
     assert list((tmp_path / "seed0" / "checkpoints").glob("ckpt_*"))  # the SIGTERM save
+
+
+def returns_only(returns, length=1000, start=0):
+    """Episodes of a task without success (the suite benchmarks): success is None."""
+    return [{"env_steps": start + (i + 1) * length, "wall_s": float(i + 1), "return": float(r), "success": None,
+             "level": 0.0, "length": length, "targets": float("nan")} for i, r in enumerate(returns)]
+
+
+def test_a_task_without_success_scores_none(learn):
+    record = learn._scores({"score": 300.0, "length": 1000, "env": 0, "success": 0.0}, has_success=False)
+    assert record["success"] is None and record["return"] == 300.0
+
+
+def test_return_only_csvs_have_no_success_columns_and_the_100k_return(learn, tmp_path):
+    runs = {"0": returns_only(range(100)), "1": returns_only([5.0] * 95), "random": returns_only([1.0, 3.0])}
+    summaries = learn.write_csvs(tmp_path, runs, level=0, window=10, threshold=0.9)
+    with open(tmp_path / "summary.csv") as f:
+        reader = csv.DictReader(f)
+        rows = {r["seed"]: r for r in reader}
+        assert not learn.SUCCESS_FIELDS & set(reader.fieldnames)
+    assert float(rows["0"]["return_90k_100k"]) == sum(range(90, 100)) / 10  # episodes ending at 91k..100k
+    assert float(rows["0"]["return_last_10pct"]) == sum(range(90, 100)) / 10
+    assert float(rows["0"]["final_return"]) == sum(range(90, 100)) / 10
+    assert float(rows["1"]["return_90k_100k"]) == 5.0  # 91k..95k
+    assert rows["random"]["return_90k_100k"] == ""  # no episode ended there
+    assert float(rows["random"]["return_last_10pct"]) == 3.0
+    with open(tmp_path / "curve.csv") as f:
+        reader = csv.DictReader(f)
+        assert not {"success", "success_rate", "targets"} & set(reader.fieldnames)
+        assert float(list(reader)[99]["return_mean"]) == sum(range(90, 100)) / 10
+    assert "success" not in learn.summary_table(summaries, 0.9, scored=False)
+    learn.plot(tmp_path / "curve.png", {"0": runs["0"], "1": runs["1"]}, 0, 10, 0.9, "returns",
+               baseline=runs["random"])
+    from PIL import Image
+
+    image = Image.open(tmp_path / "curve.png")
+    assert image.size[0] == 1000 and image.size[1] < 720  # the return panel alone, no success or level panels
+
+
+def _reference_csv(path):
+    rows = ["task,method,seed,env_steps,return"]
+    for seed, offset in ((0, 0.0), (1, 100.0)):
+        rows += [f"dmc_cartpole_swingup,dreamerv3,{seed},{x},{x / 200 + offset}" for x in range(10000, 210000, 10000)]
+        rows += [f"dmc_cartpole_swingup,ppo,{seed},{x},{x / 1000 + offset}" for x in range(10000, 210000, 10000)]
+    rows += ["dmc_reacher_easy,dreamerv3,0,10000,5.0"]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_reference_draws_each_method_and_adds_its_100k_return(learn, tmp_path):
+    reference = _reference_csv(tmp_path / "ref.csv")
+    run = tmp_path / "out" / "seed0"
+    run.mkdir(parents=True)
+    (run / learn.EPISODES).write_text("".join(json.dumps(e) + "\n" for e in returns_only(range(100))))
+    (tmp_path / "out" / "command.json").write_text(json.dumps({"task": "dmc_cartpole_swingup", "train_args": []}))
+    assert learn.main(["--out", str(tmp_path / "out"), "--seeds", "0", "--window", "10", "--plot-only",
+                       "--reference", str(reference)]) == 0
+    with open(tmp_path / "out" / "summary.csv") as f:
+        rows = {r["seed"]: r for r in csv.DictReader(f)}
+    assert float(rows["ref:dreamerv3"]["return_90k_100k"]) == 100000 / 200 + 50.0  # mean of the seeds at 100k
+    assert float(rows["ref:ppo"]["return_90k_100k"]) == 100.0 + 50.0
+    xs, means, lows, highs = learn.reference_band(learn.read_reference(reference, "dmc_cartpole_swingup")["ppo"],
+                                                  xmax=100000)
+    assert xs[-1] == 100000 and means[0] == 60.0 and lows[0] == 10.0 and highs[0] == 110.0
+    from PIL import Image
+
+    import numpy as np
+
+    pixels = set(map(tuple, np.asarray(Image.open(tmp_path / "out" / "curve.png").convert("RGB")).reshape(-1, 3)))
+    for color in learn.REFERENCE_COLORS[:2]:
+        assert color in pixels and learn._tint(color) in pixels  # each method's mean line and its band
+
+
+def test_bad_reference_is_an_error_before_training(learn, tmp_path):
+    reference = _reference_csv(tmp_path / "ref.csv")
+    out = str(tmp_path / "out")
+    with pytest.raises(SystemExit, match=r"error: --reference .*missing.csv does not exist"):
+        learn.main(["--task", "dmc_cartpole_swingup", "--out", out, "--reference", str(tmp_path / "missing.csv")])
+    with pytest.raises(SystemExit, match=r"error: .*no rows for task 'dmc_walker_walk'.*dmc_cartpole_swingup"):
+        learn.main(["--task", "dmc_walker_walk", "--out", out, "--reference", str(reference)])
+    (tmp_path / "cols.csv").write_text("task,method,steps,return\n")
+    with pytest.raises(SystemExit, match=r"error: .*lacks the column\(s\) \['seed', 'env_steps'\]"):
+        learn.main(["--task", "dmc_walker_walk", "--out", out, "--reference", str(tmp_path / "cols.csv")])
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_published_anchor_at_100k(learn):
+    anchors = ROOT.parent / "shared" / "anchors" / "dmc_proprio_published.csv"
+    if not anchors.exists():
+        pytest.skip(f"{anchors} is not in this checkout's neighbourhood")
+    reference = learn.read_reference(anchors, "dmc_cartpole_swingup")
+    assert set(reference) == {"dreamerv3", "ppo"} and len(reference["dreamerv3"]) == 5
+    xs, means, _, _ = learn.reference_band(reference["dreamerv3"])
+    assert round(means[xs.index(100000)]) == 528  # the anchors README's DreamerV3 mean at 100k
+
+
+def test_a_suite_task_trains_into_return_only_results(learn, tmp_path):
+    """The episode hook and the random baseline record no success for a task without log/success."""
+    code = learn.main(["--task", "dmc_cartpole_swingup", "--steps", "300", "--seeds", "0", "--out", str(tmp_path),
+                       "--baseline-episodes", "1", "--window", "2", "--",
+                       "--configs", "debug", "--env.time_limit", "1", "--run.env_parallel", "none"])
+    assert code == 0
+    for run in ("seed0", "random"):
+        episodes = learn.read_episodes(tmp_path / run / learn.EPISODES)
+        assert episodes and all(e["success"] is None and e["length"] == 100 for e in episodes), run
+    with open(tmp_path / "summary.csv") as f:
+        reader = csv.DictReader(f)
+        assert [r["seed"] for r in reader] == ["0", "random"]
+        assert "return_90k_100k" in reader.fieldnames and not learn.SUCCESS_FIELDS & set(reader.fieldnames)
