@@ -27,6 +27,7 @@ import numpy as np
 
 from dreamer_rodent import checkpoint as ckpt
 from dreamer_rodent import distributed
+from dreamer_rodent.alarm import ExploitationAlarm
 from dreamer_rodent.config import Config, ConfigError, parse_args
 from dreamer_rodent.driver import Driver, Recent, agent_obs
 from dreamer_rodent.logger import Averages, Logger, Progress
@@ -260,6 +261,7 @@ class Trainer:
         self.envs = None
         self.logger = None
         self._curriculum: list = []
+        self.alarm = ExploitationAlarm(say)
         try:
             self.envs = make_envs(config)
             self.obs_space = {k: v for k, v in self.envs.obs_space.items() if not k.startswith("log/")}
@@ -381,6 +383,7 @@ class Trainer:
         streams = [self.process_index * len(self.envs) + i for i in range(len(self.envs))]
         progress = Progress(total, self.counters["env_steps"], bool(config.run.progress) and self.process_index == 0,
                             plain_every=min(60.0, float(config.run.log_every)))
+        self.alarm.say = progress.write  # its warning lines go above the progress bar
         averages, recent = Averages(), Recent(20)
         timers = {"log": time.monotonic(), "save": time.monotonic(), "video": time.monotonic()}
         policy_time = train_time = 0.0
@@ -513,6 +516,7 @@ class Trainer:
         metrics["replay/bytes"] = self.replay.nbytes
         metrics["counters/train_steps"] = self.counters["train_steps"]
         metrics["counters/episodes"] = self.counters["episodes"]
+        metrics["alarm/exploitation"] = self.alarm.update(self.counters["env_steps"], metrics)
         self.logger.scalars(self.counters["env_steps"], metrics)
 
     def _videos(self) -> None:

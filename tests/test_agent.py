@@ -14,7 +14,7 @@ from dreamer_rodent.config import build_config
 from dreamer_rodent.spaces import Space
 
 B, T, A = 4, 12, 3
-FLAGS = {"agent.opt.lr": 1e-3, "agent.opt.warmup": 0}
+FLAGS = {"agent.opt.lr": 1e-3, "agent.opt.warmup": 0, "agent.ac_opt.lr": 1e-3, "agent.ac_opt.warmup": 0}
 
 
 def spaces(image=True):

@@ -13,9 +13,17 @@ Choices where the papers leave room (documented so they can be revisited):
   forward-only scan), which is cheaper. Measured on ball_goto (eval/RESULTS.md):
   with REINFORCE the policy did not learn in 20k env steps, with backprop it did.
 - Imagined continuation uses the continue head's probability (not its mode).
-- One optimiser over all modules; each loss reaches only its own module
-  because imagination starts from stop-gradient states with frozen
-  world-model and actor parameters.
+- Two optimisers of the same kind: `agent.opt` for the world model (encoder,
+  decoder, RSSM, reward and continue heads) and `agent.ac_opt` for the actor
+  and critic, so that their learning rates can differ. Each loss reaches only
+  its own modules: imagination starts from stop-gradient states with frozen
+  world-model parameters, and the actor sees stop-gradient inputs, so the
+  backprop gradient flows through the imagined dynamics into the actions only.
+  The one exception is wanted: the replay value loss trains the world model
+  too (`agent.repval_grad`, DreamerV3 v2), which pushes value-relevant cues
+  into the latent.
+- Reward and critic heads are two-hot over bins at symexp(linspace(-20, 20))
+  in raw space and read out as the raw-space mean (v2).
 - Reconstruction losses are summed over each branch's dimensions, as in the
   paper, then weighted per branch by `agent.rec_scales` (all 1 by default, the
   paper's choice). The rodent go-to presets weight the 3-number task cue 10x:
@@ -39,7 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dreamer_rodent.agent import dists
 from dreamer_rodent.agent.nets import Nets, check_resolution, feature
-from dreamer_rodent.agent.optim import make_optimizer
+from dreamer_rodent.agent.optim import make_partitioned
 
 f32 = jnp.float32
 sg = jax.lax.stop_gradient
@@ -56,6 +64,11 @@ MODULE_PREFIXES = (
 CRITIC = ("critic_net", "critic_out")
 ACTOR = ("actor_net", "actor_out")
 ACTOR_GRADS = ("backprop", "reinforce")
+
+
+def optimizer_group(name: str) -> str:
+    """Which optimiser a top-level parameter group belongs to: 'ac' (actor, critic) or 'model'."""
+    return "ac" if module_of(name) in ("actor", "critic") else "model"
 
 
 def module_of(name: str) -> str:
@@ -189,8 +202,9 @@ class Agent:
         self.discount = 1.0 - 1.0 / self.ac.horizon
         if self.ac.actor_grad not in ACTOR_GRADS:
             raise ValueError(f"agent.actor_grad is '{self.ac.actor_grad}': use one of {', '.join(ACTOR_GRADS)}.")
-        o = self.ac.opt
-        self.opt, self.schedule = make_optimizer(o.lr, o.agc, o.eps, o.beta1, o.beta2, o.warmup)
+        groups = {label: dict(lr=o.lr, agc=o.agc, eps=o.eps, beta1=o.beta1, beta2=o.beta2, warmup=o.warmup)
+                  for label, o in (("model", self.ac.opt), ("ac", self.ac.ac_opt))}
+        self.opt, self.schedules = make_partitioned(groups, optimizer_group)
         if mesh is not None:
             if "data" not in mesh.axis_names:
                 raise ValueError(f"the mesh has axes {mesh.axis_names}; the agent splits the batch over an axis named 'data'.")
@@ -380,8 +394,9 @@ class Agent:
             "wm/reward_pred": jnp.mean(dists.twohot_mean(self._apply(sg(params), Nets.reward, sg(feat)), self.bins)),
             "wm/cont_pred": jnp.mean(jax.nn.sigmoid(con_logit)),
         })
+        metrics["wm/reward_p95"] = jnp.percentile(batch["reward"].astype(f32), 95.0)
         last = {"deter": deter[:, -1], "stoch": stoch[:, -1], "action": action[:, -1]}
-        return total, metrics, (sg(deter), sg(stoch), sg(feat)), last
+        return total, metrics, (sg(deter), sg(stoch), feat), last
 
     def _loss_scale(self, name: str) -> float:
         """World-model loss weight: `rec_<branch>` gets loss_scales.rec times its rec_scales factor."""
@@ -396,9 +411,13 @@ class Agent:
         """Rollout of the actor in the frozen world model. Returns feats [H+1, N, F], raw actions [H, N, A].
 
         grad=False: everything frozen (REINFORCE). grad=True: the actor's
-        parameters stay live and actions are reparameterised (mean + std * noise,
-        clipped with a straight-through gradient), so the returns computed from
-        these feats can be differentiated with respect to the actor.
+        parameters stay live and actions are reparameterised (mean + std * noise),
+        so the returns computed from these feats can be differentiated with
+        respect to the actor. As in DreamerV3 v1 the actor sees stop-gradient
+        states (its gradient reaches it through the actions it takes, not
+        through its own later inputs), and an action outside [-1, 1] enters the
+        dynamics as a / sg(|a|) (Nets.core), which is the clipped value with the
+        gradient scaled by 1/|a| rather than passed straight through.
         """
         frozen = sg(params)
         actor = dict(frozen, **{k: params[k] for k in ACTOR}) if grad else frozen
@@ -406,11 +425,10 @@ class Agent:
         def step(c, k):
             deter, stoch = c
             feat = feature(deter, stoch)
-            mean, std = self._apply(actor, Nets.actor, feat)
+            mean, std = self._apply(actor, Nets.actor, sg(feat))
             k1, k2 = jax.random.split(k)
             raw = mean + std * jax.random.normal(k1, mean.shape, f32)
-            act = raw + sg(jnp.clip(raw, -1, 1) - raw)
-            deter = self._apply(frozen, Nets.core, deter, stoch, act)
+            deter = self._apply(frozen, Nets.core, deter, stoch, raw)
             stoch = dists.sample_onehot(k2, self._apply(frozen, Nets.prior, deter))
             return (deter, stoch), (feat, raw)
 
@@ -458,8 +476,10 @@ class Agent:
         f = lambda x: x.astype(f32)
         rrets = dists.replay_returns(f(batch["reward"]), f(batch["is_last"]), f(batch["is_terminal"]), boot,
                                      self.discount, ac.lambda_)
-        rep_logits = self._apply(params, Nets.critic, feat[:, :-1])
-        rep_slow = sg(dists.twohot_mean(self._apply(slow_params, Nets.critic, feat[:, :-1]), self.bins))
+        # With agent.repval_grad the loss also trains the world model through the replayed features (v2).
+        rep_feat = feat[:, :-1] if ac.repval_grad else sg(feat[:, :-1])
+        rep_logits = self._apply(dict(frozen, **{k: params[k] for k in CRITIC}), Nets.critic, rep_feat)
+        rep_slow = sg(dists.twohot_mean(self._apply(slow_params, Nets.critic, sg(feat[:, :-1])), self.bins))
         mask = 1.0 - f(batch["is_last"][:, :-1])
         repval = jnp.mean(mask * (dists.twohot_loss(rep_logits, rrets, self.bins)
                                   + sc.slowreg * dists.twohot_loss(rep_logits, rep_slow, self.bins)))
@@ -469,8 +489,10 @@ class Agent:
             "actor/entropy": jnp.mean(ent), "actor/std": jnp.mean(std), "actor/logp": jnp.mean(logp),
             "imag/return": jnp.mean(rets), "imag/value": jnp.mean(values), "imag/reward": jnp.mean(rew),
             "imag/cont": jnp.mean(con), "imag/adv_mag": jnp.mean(jnp.abs(adv)), "imag/weight": jnp.mean(weights),
-            "retnorm/scale": scale, "retnorm/lo": retnorm["lo"] / retnorm["corr"],
-            "retnorm/hi": retnorm["hi"] / retnorm["corr"], "replay/return": jnp.mean(rrets),
+            "retnorm/scale": scale, "retnorm/lo": retnorm["lo"], "retnorm/hi": retnorm["hi"],
+            "replay/return": jnp.mean(rrets),
+            # Model exploitation shows as imagination that pays better than the model says replayed states pay.
+            "alarm/return_gap": jnp.mean(rets[0]) - jnp.mean(rrets),
         }
         return total, metrics, retnorm
 
@@ -479,6 +501,8 @@ class Agent:
         wm, metrics, (deter, stoch, feat), last = self._wm_losses(params, batch, carry, k_obs)
         acl, ac_metrics, retnorm = self._ac_losses(params, slow, retnorm, batch, deter, stoch, feat, k_img)
         metrics.update(ac_metrics)
+        metrics["alarm/reward_gap"] = metrics["imag/reward"] - metrics["wm/reward_pred"]
+        metrics["alarm/reward_excess"] = metrics["imag/reward"] - metrics.pop("wm/reward_p95")
         metrics["loss/world_model"] = wm
         metrics["loss/total"] = wm + acl
         return wm + acl, (metrics, retnorm, last)
@@ -500,7 +524,8 @@ class Agent:
         metrics["grad_norm/total"] = optax.tree.norm(grads)
         metrics["update_norm"] = optax.tree.norm(updates)
         metrics["param_norm"] = optax.tree.norm(params)
-        metrics["opt/lr"] = self.schedule(state["step"])
+        metrics["opt/lr"] = self.schedules["model"](state["step"])
+        metrics["opt/ac_lr"] = self.schedules["ac"](state["step"])
         new = {"params": params, "opt": opt, "slow": slow, "retnorm": retnorm, "step": state["step"] + 1, "key": key}
         return new, sg(last), metrics
 

@@ -28,28 +28,44 @@ def symexp(x):
 
 
 def bins(num: int, low: float = -20.0, high: float = 20.0):
-    """Equally spaced bin centres in symlog space (the paper's -20..20)."""
-    return jnp.linspace(low, high, num, dtype=f32)
+    """Bin centres in raw space, symexp of equally spaced points in symlog space (DreamerV3 v2).
+
+    Built from one half and its mirror so that the bins are exactly
+    antisymmetric: a uniform head (zero logits) then decodes to exactly 0.
+    """
+    if num < 2:
+        raise ValueError(f"agent.bins is {num}: a two-hot head needs at least 2 bins.")
+    if low != -high:
+        return symexp(jnp.linspace(low, high, num, dtype=f32))
+    half = jnp.linspace(0.0, high, (num + 1) // 2, dtype=f32) if num % 2 else \
+        jnp.linspace(high / (num - 1), high, num // 2, dtype=f32)
+    pos = symexp(half)
+    return jnp.concatenate([-pos[::-1][: num // 2], pos]) if num % 2 else jnp.concatenate([-pos[::-1], pos])
 
 
 def _twohot_index(x, bin_centres):
-    """Lower bin index and the upper bin's weight, by arithmetic on the equally spaced bins (no [N, bins] search)."""
+    """Lower bin index and the upper bin's weight for raw-space x, split in raw space.
+
+    The bins are symexp of equally spaced points, so the bracketing pair is found
+    by arithmetic in symlog space (no [N, bins] search) and then corrected by one
+    bin either way for float rounding; the weight is linear in raw space, so
+    w_lo * b_lo + w_hi * b_hi == x inside the range (values outside clip to the end bins).
+    """
     n = bin_centres.shape[0]
-    lo, hi = bin_centres[0], bin_centres[-1]
+    x = jnp.clip(x.astype(f32), bin_centres[0], bin_centres[-1])
+    lo, hi = symlog(bin_centres[0]), symlog(bin_centres[-1])
     step = (hi - lo) / (n - 1)
-    x = jnp.clip(x.astype(f32), lo, hi)
-    below = jnp.clip(jnp.floor((x - lo) / step).astype(jnp.int32), 0, n - 2)
-    w_hi = jnp.clip((x - (lo + below.astype(f32) * step)) / step, 0.0, 1.0)
+    below = jnp.clip(jnp.floor((symlog(x) - lo) / step).astype(jnp.int32), 0, n - 2)
+    below = jnp.where(bin_centres[below] > x, below - 1, below)
+    below = jnp.where(bin_centres[jnp.clip(below + 1, 0, n - 1)] < x, below + 1, below)
+    below = jnp.clip(below, 0, n - 2)
+    b_lo, b_hi = bin_centres[below], bin_centres[below + 1]
+    w_hi = jnp.clip((x - b_lo) / (b_hi - b_lo), 0.0, 1.0)
     return below, w_hi
 
 
 def twohot(x, bin_centres):
-    """Encodes x (already in bin space) as weights on the two nearest bins.
-
-    The weights are linear in the distance so that sum(w * bins) == x for x
-    inside the range; values outside are clipped to the end bins. Bins must be
-    equally spaced (as `bins` makes them).
-    """
+    """Encodes raw-space x as weights on the two nearest bins (sum(w * bins) == x)."""
     below, w_hi = _twohot_index(x, bin_centres)
     n = bin_centres.shape[0]
     return (jax.nn.one_hot(below, n, dtype=f32) * (1.0 - w_hi)[..., None]
@@ -57,23 +73,43 @@ def twohot(x, bin_centres):
 
 
 def twohot_loss(logits, target, bin_centres):
-    """Cross-entropy of a symlog two-hot head against a raw-space target.
+    """Cross-entropy of a two-hot head against a raw-space target.
 
     Written as logsumexp(logits) - sum(w * logits[two bins]) so that no
     [N, bins] two-hot or log-softmax array is built: with 255 bins over every
     imagined state those arrays dominated the update time on CPU.
     """
     logits = logits.astype(f32)
-    below, w_hi = _twohot_index(symlog(target), bin_centres)
+    below, w_hi = _twohot_index(target, bin_centres)
     l_lo = jnp.take_along_axis(logits, below[..., None], -1)[..., 0]
     l_hi = jnp.take_along_axis(logits, below[..., None] + 1, -1)[..., 0]
     return jax.nn.logsumexp(logits, -1) - (1.0 - w_hi) * l_lo - w_hi * l_hi
 
 
 def twohot_mean(logits, bin_centres):
-    """Decodes a symlog two-hot head to a raw-space value."""
-    probs = jax.nn.softmax(logits.astype(f32), -1)
-    return symexp(jnp.sum(probs * bin_centres, -1))
+    """The head's expected value in raw space: sum(p * bins), bins antisymmetric.
+
+    The mean of the outcomes, not symexp of a symlog-space mean (which reads a
+    50/50 chance of -80 and 0 as -7.9 instead of -40). With bins of +-5e8 a
+    plain float32 sum is swamped by rounding (one ulp of a far bin's
+    probability is worth ~1), so each bin is paired with its mirror and the sum
+    is taken over b_k * (p_k - p_-k), with the difference computed from the
+    logits (exp(a) - exp(b) = exp(a) * -expm1(b - a)): its error scales with
+    the asymmetry itself, and a head with equal logits reads exactly 0.
+    """
+    logits = logits.astype(f32)
+    n = bin_centres.shape[0]
+    m = n // 2
+    top = jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
+    norm = jnp.sum(jnp.exp(logits - top), -1)
+    pos = logits[..., m + n % 2:] - top
+    neg = logits[..., :m][..., ::-1] - top
+    # exp(pos) - exp(neg), from whichever side is larger; the clamps keep the other branch finite (and its gradient).
+    upper = pos >= neg
+    from_pos = jnp.exp(pos) * -jnp.expm1(jnp.where(upper, neg - pos, 0.0))
+    from_neg = jnp.exp(neg) * -jnp.expm1(jnp.where(upper, 0.0, pos - neg))
+    diff = jnp.where(upper, from_pos, -from_neg)
+    return jnp.sum(bin_centres[m + n % 2:] * diff, -1) / norm
 
 
 # ---------------------------------------------------------------- categorical latents
@@ -198,22 +234,20 @@ def return_weights(conts, discount: float):
 
 
 def retnorm_update(state, returns, rate: float, low_pct: float, high_pct: float, limit: float):
-    """Percentile return normalisation with a debiased EMA of the 5th and 95th percentiles.
+    """Percentile return normalisation: an EMA of the 5th and 95th percentiles, not debiased.
 
-    state: dict(lo, hi, corr). Returns (new_state, scale) where
+    state: dict(lo, hi), starting at 0. Returns (new_state, scale) where
     scale = max(limit, hi_ema - lo_ema), so that small returns are not blown up.
+    Like DreamerV3 (v1 and v2) the EMA is not debiased: in the first updates the
+    range is small, the scale sits at `limit` and advantages are not inflated.
     """
     flat = sg(returns).reshape(-1).astype(f32)
     lo = jnp.percentile(flat, low_pct)
     hi = jnp.percentile(flat, high_pct)
-    new = {
-        "lo": (1 - rate) * state["lo"] + rate * lo,
-        "hi": (1 - rate) * state["hi"] + rate * hi,
-        "corr": (1 - rate) * state["corr"] + rate,
-    }
-    scale = jnp.maximum(limit, (new["hi"] - new["lo"]) / new["corr"])
+    new = {"lo": (1 - rate) * state["lo"] + rate * lo, "hi": (1 - rate) * state["hi"] + rate * hi}
+    scale = jnp.maximum(limit, new["hi"] - new["lo"])
     return new, scale
 
 
 def retnorm_init():
-    return {"lo": jnp.zeros((), f32), "hi": jnp.zeros((), f32), "corr": jnp.zeros((), f32)}
+    return {"lo": jnp.zeros((), f32), "hi": jnp.zeros((), f32)}

@@ -61,7 +61,10 @@ class MLP(nn.Module):
 
 
 class Out(nn.Module):
-    """Output projection in float32; `zero` starts the head at a uniform/zero prediction."""
+    """Output projection in float32; `zero` starts the head at a uniform/zero prediction.
+
+    `scale` is the variance scale of a truncated normal over fan-in (std sqrt(scale / fan_in)).
+    """
 
     units: int
     zero: bool = False
@@ -198,7 +201,8 @@ class Nets(nn.Module):
         self.con_net = MLP(s["head_layers"], s["units"], dt)
         self.con_out = Out(1)
         self.actor_net = MLP(s["ac_layers"], s["units"], dt)
-        self.actor_out = Out(2 * s["act_dim"], scale=0.01)
+        # DreamerV3's policy outscale 0.01 multiplies the init's std: std 0.01 / sqrt(fan_in), variance 1e-4 / fan_in.
+        self.actor_out = Out(2 * s["act_dim"], scale=1e-4)
         self.critic_net = MLP(s["ac_layers"], s["units"], dt)
         self.critic_out = Out(s["bins"], zero=True)
 
@@ -232,7 +236,9 @@ class Nets(nn.Module):
         x = jnp.broadcast_to(x[..., None, :], x.shape[:-1] + (g, x.shape[-1]))
         x = jnp.concatenate([deter.reshape(deter.shape[:-1] + (g, d // g)).astype(self.dtype), x], -1)
         for lin, norm in zip(self.dyn, self.dyn_norm):
-            x = nn.silu(norm(lin(x)))
+            # One RMS norm over the whole hidden vector (all blocks), as DreamerV3 does, not per block.
+            y = lin(x)
+            x = nn.silu(norm(y.reshape(y.shape[:-2] + (-1,)))).reshape(y.shape)
         x = self.gates(x).astype(f32)  # [..., g, 3 * d / g]
         reset, cand, update = jnp.split(x, 3, -1)
         flat = lambda y: y.reshape(y.shape[:-2] + (d,))

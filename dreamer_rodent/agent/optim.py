@@ -3,9 +3,10 @@
 LaProp (Ziyin et al. 2020) divides the gradient by the root of its second
 moment *before* the momentum average, unlike Adam, so momentum averages
 already-normalised steps; with eps 1e-20 a parameter with tiny gradients still
-moves at the learning rate. AGC (Brock et al. 2021) clips each unit's gradient
-to a fraction of that unit's weight norm, so no single update can change a
-layer by more than ~30%.
+moves at the learning rate. AGC (Brock et al. 2021) clips each parameter
+tensor's gradient to a fraction of that tensor's norm, as DreamerV3 v2 does
+(not per output unit, which clipped each unit of a layer on its own and so
+changed the direction of the layer's gradient).
 """
 
 from __future__ import annotations
@@ -17,16 +18,13 @@ import jax.numpy as jnp
 import optax
 
 
-def _unit_norm(x):
-    """Norm per output unit: over all axes but the last; a vector or scalar is one unit."""
+def _norm(x):
     x = x.astype(jnp.float32)
-    if x.ndim <= 1:
-        return jnp.sqrt(jnp.sum(x * x))
-    return jnp.sqrt(jnp.sum(x * x, axis=tuple(range(x.ndim - 1)), keepdims=True))
+    return jnp.sqrt(jnp.sum(x * x))
 
 
 def adaptive_clip(clip: float, pmin: float = 1e-3) -> optax.GradientTransformation:
-    """Scales each unit's gradient down to at most clip * max(||w_unit||, pmin)."""
+    """Scales each tensor's gradient down to at most clip * max(||w||, pmin) (one norm per parameter tensor)."""
 
     def init(params):
         del params
@@ -37,9 +35,8 @@ def adaptive_clip(clip: float, pmin: float = 1e-3) -> optax.GradientTransformati
             raise ValueError("adaptive_clip needs the parameters: call tx.update(grads, state, params).")
 
         def one(g, p):
-            limit = clip * jnp.maximum(_unit_norm(p), pmin)
-            norm = _unit_norm(g)
-            factor = jnp.minimum(1.0, limit / jnp.maximum(norm, 1e-30))
+            limit = clip * jnp.maximum(_norm(p), pmin)
+            factor = jnp.minimum(1.0, limit / jnp.maximum(_norm(g), 1e-30))
             return (g * factor).astype(g.dtype)
 
         return jax.tree.map(one, updates, params), state
@@ -90,3 +87,17 @@ def make_optimizer(lr: float, agc: float, eps: float, beta1: float, beta2: float
         parts.append(adaptive_clip(agc))
     parts += [scale_by_laprop(beta1, beta2, eps), optax.scale_by_schedule(lambda step: -schedule(step))]
     return optax.chain(*parts), schedule
+
+
+def make_partitioned(groups: dict, label_of):
+    """One optimiser per parameter group: `groups` maps a label to make_optimizer's kwargs.
+
+    `label_of(name)` gives the label of a top-level parameter group. Returns
+    (transformation, {label: schedule}). Used to give the world model and the
+    actor-critic their own learning rates.
+    """
+    txs, schedules = {}, {}
+    for label, kwargs in groups.items():
+        txs[label], schedules[label] = make_optimizer(**kwargs)
+    labels = lambda params: {name: jax.tree.map(lambda _: label_of(name), sub) for name, sub in params.items()}
+    return optax.multi_transform(txs, labels), schedules

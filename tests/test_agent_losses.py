@@ -1,0 +1,229 @@
+"""Where each loss sends its gradient, and the DreamerV3 details that the learning curves depend on.
+
+Each test fails if its property breaks: computed numerically on a tiny debug
+agent, not by reading the code.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamer_rodent.agent import Agent, dists
+from dreamer_rodent.agent.agent import module_of
+from dreamer_rodent.agent.nets import Nets, feature
+from dreamer_rodent.config import build_config
+from test_agent import B, FLAGS, make_batch, spaces
+
+MODULES = ("encoder", "decoder", "rssm", "reward", "cont", "actor", "critic")
+
+
+def make(flags=None, image=False):
+    obs_space, act_space = spaces(image=image)
+    agent = Agent(obs_space, act_space, build_config(["debug"], dict(FLAGS, **(flags or {}))))
+    batch = agent._train_batch(make_batch(obs_space))
+    return agent, batch
+
+
+def trained_params(agent, batch, updates=3):
+    """A few updates so that the zero-initialised heads give gradients to what feeds them."""
+    carry = agent.init_train(B)
+    for _ in range(updates):
+        carry, _ = agent.train(carry, jax.device_get(batch))
+    return agent._state["params"]
+
+
+def grad_norms_of(agent, params, batch, metric):
+    """Per-module gradient norm of one logged loss term of the full loss function."""
+    state = agent._state
+
+    def one(p):
+        _, (metrics, _, _) = agent._loss(p, state["slow"], state["retnorm"], batch, agent._zero_carry(B),
+                                         jax.random.PRNGKey(3))
+        return metrics[metric]
+
+    grads = jax.grad(one)(params)
+    norms = {m: 0.0 for m in MODULES}
+    for name, sub in grads.items():
+        norms[module_of(name)] += float(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(sub)))
+    return {m: np.sqrt(v) for m, v in norms.items()}
+
+
+@pytest.mark.parametrize("actor_grad", ["backprop", "reinforce"])
+def test_each_loss_reaches_only_its_own_modules(actor_grad):
+    agent, batch = make({"agent.actor_grad": actor_grad})
+    params = trained_params(agent, batch)
+    expect = {
+        "loss/world_model": {"encoder", "decoder", "rssm", "reward", "cont"},
+        "loss/policy": {"actor"},
+        "loss/value": {"critic"},
+        "loss/repval": {"critic", "encoder", "rssm"},  # agent.repval_grad: the replay value loss trains the latent
+    }
+    for metric, live in expect.items():
+        norms = grad_norms_of(agent, params, batch, metric)
+        for module in MODULES:
+            if module in live:
+                assert norms[module] > 0, (metric, module, norms)
+            else:
+                assert norms[module] == 0.0, (metric, module, norms)
+
+
+def test_repval_grad_off_keeps_the_replay_value_loss_on_the_critic():
+    agent, batch = make({"agent.repval_grad": False})
+    norms = grad_norms_of(agent, trained_params(agent, batch), batch, "loss/repval")
+    assert norms["critic"] > 0 and all(norms[m] == 0.0 for m in MODULES if m != "critic"), norms
+
+
+def test_backprop_actor_does_not_differentiate_through_its_own_future_inputs():
+    """d a_1 / d actor params is only the direct path: the actor's input feat_1 carries no gradient back to a_0."""
+    agent, batch = make({"agent.actor_grad": "backprop"})
+    params = trained_params(agent, batch)
+    n = 6
+    deter = jax.random.normal(jax.random.PRNGKey(0), (n, agent.spec["deter"]))
+    stoch = jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(1), (n, agent.spec["stoch"]), 0,
+                                              agent.spec["classes"]), agent.spec["classes"])
+    key = jax.random.PRNGKey(2)
+    feats, _ = agent._imagine(params, deter, stoch, key, grad=True)
+    noise_key, _ = jax.random.split(jax.random.split(key, agent.ac.imag_length)[1])
+
+    def imagined(p):
+        return jnp.sum(agent._imagine(p, deter, stoch, key, grad=True)[1][1])
+
+    def direct(p):
+        mean, std = agent._apply(p, Nets.actor, jax.lax.stop_gradient(feats[1]))
+        return jnp.sum(mean + std * jax.random.normal(noise_key, mean.shape))
+
+    g_full, g_direct = jax.grad(imagined)(params), jax.grad(direct)(params)
+    for name in ("actor_net", "actor_out"):
+        for a, b in zip(jax.tree.leaves(g_full[name]), jax.tree.leaves(g_direct[name])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # ...and the returns still carry the actor's gradient through the actions into the dynamics.
+    assert float(jnp.abs(jax.grad(lambda p: jnp.sum(agent._imagine(p, deter, stoch, key, True)[0][2]))(params)
+                         ["actor_out"]["Dense_0"]["kernel"]).max()) > 0
+
+
+def test_an_action_outside_the_box_enters_the_dynamics_clipped_with_a_scaled_gradient():
+    agent, batch = make()
+    params = agent._state["params"]
+    deter = jax.random.normal(jax.random.PRNGKey(0), (1, agent.spec["deter"]))
+    stoch = jnp.zeros((1, agent.spec["stoch"], agent.spec["classes"])).at[..., 0].set(1.0)
+    core = lambda a: agent._apply(params, Nets.core, deter, stoch, a)
+    at_one, at_two = jnp.full((1, 3), 1.0), jnp.full((1, 3), 2.0)
+    np.testing.assert_allclose(core(at_two), core(at_one), rtol=1e-6)  # the clipped value
+    _, d_one = jax.jvp(core, (at_one,), (jnp.ones((1, 3)),))
+    _, d_two = jax.jvp(core, (at_two,), (jnp.ones((1, 3)),))
+    np.testing.assert_allclose(d_two, 0.5 * d_one, rtol=1e-5, atol=1e-8)  # gradient scaled by 1/|a|
+
+
+def test_reward_and_critic_start_at_exactly_zero_and_read_the_raw_space_mean():
+    agent, _ = make()
+    params = agent._state["params"]
+    feat = jax.random.normal(jax.random.PRNGKey(0), (32, agent.spec["deter"] + agent.spec["stoch"] *
+                                                     agent.spec["classes"]))
+    for method in (Nets.reward, Nets.critic):
+        assert np.all(np.asarray(dists.twohot_mean(agent._apply(params, method, feat), agent.bins)) == 0.0)
+    np.testing.assert_allclose(np.asarray(agent.bins)[[0, -1]], [-np.expm1(20.0), np.expm1(20.0)], rtol=1e-6)
+
+
+def test_loss_scales_of_the_config_are_the_ones_applied():
+    flags = {"agent.loss_scales.rew": 2.0, "agent.loss_scales.dyn": 0.5, "agent.loss_scales.rep": 0.3,
+             "agent.loss_scales.con": 3.0, "agent.loss_scales.policy": 0.7, "agent.loss_scales.value": 1.5,
+             "agent.loss_scales.repval": 0.2, "agent.loss_scales.rec": 0.25, "agent.rec_scales.task": 4.0}
+    agent, batch = make(flags)
+    _, metrics = agent.train(agent.init_train(B), jax.device_get(batch))
+    sc = agent.ac.loss_scales
+    wm = (sc.rew * metrics["loss/rew"] + sc.con * metrics["loss/con"] + sc.dyn * metrics["loss/dyn"]
+          + sc.rep * metrics["loss/rep"] + sc.rec * (metrics["loss/rec_vestibular"] + metrics["loss/rec_proprio"]
+                                                      + 4.0 * metrics["loss/rec_task"]))
+    np.testing.assert_allclose(metrics["loss/world_model"], wm, rtol=1e-5)
+    total = wm + 0.7 * metrics["loss/policy"] + 1.5 * metrics["loss/value"] + 0.2 * metrics["loss/repval"]
+    np.testing.assert_allclose(metrics["loss/total"], total, rtol=1e-5)
+
+
+def test_continue_target_is_one_minus_is_terminal():
+    agent, batch = make()
+    batch = dict(batch, is_terminal=jnp.asarray(np.asarray(batch["is_terminal"])))
+    params = trained_params(agent, batch)
+    _, metrics, (_, _, feat), _ = agent._wm_losses(params, batch, agent._zero_carry(B), jax.random.PRNGKey(0))
+    logit = agent._apply(params, Nets.cont, feat)
+    target = 1.0 - np.asarray(batch["is_terminal"], np.float32)
+    assert target.min() == 0.0 and target.max() == 1.0  # the batch has a terminal step
+    expected = -(target * jax.nn.log_sigmoid(logit) + (1 - target) * jax.nn.log_sigmoid(-logit))
+    np.testing.assert_allclose(metrics["loss/con"], np.mean(expected), rtol=1e-5)
+
+
+def test_slow_critic_is_an_ema_of_the_critic_at_slow_rate():
+    agent, batch = make({"agent.slow_rate": 0.25, "agent.ac_opt.lr": 1e-2, "agent.ac_opt.warmup": 0})
+    agent.train(agent.init_train(B), jax.device_get(batch))
+    slow0 = jax.device_get(agent._state["slow"])
+    agent.train(agent.init_train(B), jax.device_get(batch))
+    params, slow1 = jax.device_get(agent._state["params"]), jax.device_get(agent._state["slow"])
+    for name in slow0:
+        for s0, p, s1 in zip(jax.tree.leaves(slow0[name]), jax.tree.leaves(params[name]), jax.tree.leaves(slow1[name])):
+            np.testing.assert_allclose(s1, s0 + 0.25 * (p - s0), rtol=1e-5, atol=1e-7)
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(slow0), jax.tree.leaves(slow1)))
+
+
+def test_world_model_and_actor_critic_have_their_own_learning_rates():
+    for frozen_group, flags in [("ac", {"agent.ac_opt.lr": 0.0}), ("model", {"agent.opt.lr": 0.0})]:
+        agent, batch = make(dict(flags, **{"agent.ac_opt.warmup": 0, "agent.opt.warmup": 0}))
+        before = jax.device_get(agent._state["params"])
+        _, metrics = agent.train(agent.init_train(B), jax.device_get(batch))
+        after = jax.device_get(agent._state["params"])
+        for name in before:
+            moved = any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(before[name]),
+                                                                jax.tree.leaves(after[name])))
+            in_ac = module_of(name) in ("actor", "critic")
+            should_move = in_ac if frozen_group == "model" else not in_ac
+            if name.startswith(("rew_", "critic_")) and not moved:
+                continue  # zero-initialised output layers move, their hidden layers get no gradient yet
+            assert moved == should_move, (frozen_group, name)
+        assert metrics["opt/lr" if frozen_group == "model" else "opt/ac_lr"] == 0.0
+
+
+def test_actor_output_starts_small_and_policy_near_its_centre():
+    agent, _ = make()
+    kernel = np.asarray(agent._state["params"]["actor_out"]["Dense_0"]["kernel"])
+    fan_in = kernel.shape[0]
+    assert 0.7 < kernel.std() * np.sqrt(fan_in) / 0.01 < 1.3, kernel.std() * np.sqrt(fan_in)
+
+
+def test_imagination_starts_from_every_replayed_state_and_weights_the_first_by_its_continue_flag():
+    agent, batch = make()
+    params = trained_params(agent, batch)
+    _, _, (deter, stoch, feat), _ = agent._wm_losses(params, batch, agent._zero_carry(B), jax.random.PRNGKey(0))
+    _, metrics, _ = agent._ac_losses(params, agent._state["slow"], agent._state["retnorm"], batch, deter, stoch,
+                                     feat, jax.random.PRNGKey(1))
+    feats, _ = agent._imagine(params, deter.reshape((-1,) + deter.shape[2:]), stoch.reshape((-1,) + stoch.shape[2:]),
+                              jax.random.PRNGKey(1), grad=False)
+    np.testing.assert_allclose(feats[0], np.asarray(feat).reshape(feats[0].shape), rtol=1e-6)  # every replayed state
+    # Weights: w_0 = 1 - is_terminal of the start, then discount * continue per step; the mean is logged.
+    con = jax.nn.sigmoid(agent._apply(params, Nets.cont, feats[1:]))
+    con0 = 1.0 - np.asarray(batch["is_terminal"], np.float32).reshape(-1)
+    w = dists.return_weights(jnp.concatenate([con0[None], con], 0), agent.discount)[:-1]
+    assert float(w[0].min()) == 0.0  # the terminal start state gets no weight
+    np.testing.assert_allclose(metrics["imag/weight"], float(jnp.mean(w)), rtol=1e-5)
+
+
+def test_advantage_is_return_minus_value_over_the_return_scale():
+    """With REINFORCE the policy loss is -mean(w * (logp * (R - v) / S + actent * H)), S from retnorm."""
+    agent, batch = make({"agent.actor_grad": "reinforce", "agent.retnorm_limit": 1e-6})
+    params = trained_params(agent, batch)
+    _, _, (deter, stoch, feat), _ = agent._wm_losses(params, batch, agent._zero_carry(B), jax.random.PRNGKey(0))
+    _, metrics, _ = agent._ac_losses(params, agent._state["slow"], agent._state["retnorm"], batch, deter, stoch,
+                                     feat, jax.random.PRNGKey(1))
+    feats, raws = agent._imagine(params, deter.reshape((-1,) + deter.shape[2:]),
+                                 stoch.reshape((-1,) + stoch.shape[2:]), jax.random.PRNGKey(1), grad=False)
+    rew = dists.twohot_mean(agent._apply(params, Nets.reward, feats[1:]), agent.bins)
+    con = jax.nn.sigmoid(agent._apply(params, Nets.cont, feats[1:]))
+    val = dists.twohot_mean(agent._apply(params, Nets.critic, feats), agent.bins)
+    rets = dists.lambda_returns(rew, con, val, agent.discount, agent.ac.lambda_)
+    _, scale = dists.retnorm_update(agent._state["retnorm"], rets, agent.ac.retnorm_rate, 5.0, 95.0, 1e-6)
+    np.testing.assert_allclose(metrics["imag/adv_mag"], float(jnp.mean(jnp.abs(rets - val[:-1]) / scale)), rtol=1e-4)
+    np.testing.assert_allclose(metrics["retnorm/scale"], float(scale), rtol=1e-5)
+    mean, std = agent._apply(params, Nets.actor, feats[:-1])
+    logp, ent = dists.normal_logp(raws, mean, std), dists.normal_entropy(std)
+    con0 = 1.0 - np.asarray(batch["is_terminal"], np.float32).reshape(-1)
+    w = dists.return_weights(jnp.concatenate([con0[None], con], 0), agent.discount)[:-1]
+    policy = -jnp.mean(w * (logp * (rets - val[:-1]) / scale + agent.ac.actent * ent))
+    np.testing.assert_allclose(metrics["loss/policy"], float(policy), rtol=1e-4)
