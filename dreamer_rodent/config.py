@@ -15,6 +15,7 @@ import pathlib
 from typing import Any, Iterable, Mapping
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 # The presets live at the repository root (the project is installed editable, as
 # the README and Dockerfile do); DREAMER_RODENT_CONFIGS points elsewhere.
@@ -109,7 +110,7 @@ class Config:
 
     @classmethod
     def load(cls, path) -> "Config":
-        return cls(yaml_load(pathlib.Path(path).read_text()))
+        return cls(yaml_load(pathlib.Path(path).read_text(), source=path))
 
 
 def _freeze(value):
@@ -124,9 +125,37 @@ def _thaw(value):
     return value
 
 
-def yaml_load(text: str):
+def yaml_load(text: str, source=None):
+    """Parses YAML; with `source` (the file it came from), a syntax error is a ConfigError naming the place."""
     yaml = YAML(typ="safe", pure=True)
-    return _plain(yaml.load(text))
+    try:
+        return _plain(yaml.load(text))
+    except YAMLError as error:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}{_yaml_where(error, text)}: not valid YAML: {_yaml_problem(error)}.") from None
+
+
+def _yaml_where(error: YAMLError, text: str) -> str:
+    """` line L, column C ("the line")` of a YAML error (1-based), or ''."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    if mark is None:
+        return ""
+    lines = text.splitlines()
+    shown = lines[mark.line].strip() if 0 <= mark.line < len(lines) else ""
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f" line {mark.line + 1}, column {mark.column + 1}" + (f" ({shown!r})" if shown else "")
+
+
+def _yaml_problem(error: YAMLError) -> str:
+    if isinstance(error, MarkedYAMLError):
+        problem = (error.problem or "").strip()
+        context = (error.context or "").strip()
+        if context and error.context_mark is not None and error.context_mark is not error.problem_mark:
+            context += f" that starts at line {error.context_mark.line + 1}, column {error.context_mark.column + 1}"
+        return "; ".join(x for x in (problem, context) if x) or type(error).__name__
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def yaml_dump(data) -> str:
@@ -227,7 +256,15 @@ def _coerce(key: str, old, new):
         elif isinstance(new, str):
             text = new.strip()
             if text.startswith("["):
-                items = yaml_load(text) or []
+                try:
+                    items = yaml_load(text) or []
+                except YAMLError as error:
+                    raise ConfigError(
+                        f"config key '{key}' expects a list (default {old!r}); {new!r} is not a valid YAML list "
+                        f"({_yaml_problem(error)}). Write it as a,b,c or [a, b, c]."
+                    ) from None
+                if not isinstance(items, list):
+                    items = None
             else:
                 items = [x for x in text.split(",") if x] if text else []
         else:
@@ -262,10 +299,30 @@ def _set_checked(data: dict, key: str, value, source: str) -> None:
 
 
 def load_presets(path=CONFIGS_PATH) -> dict:
-    presets = yaml_load(pathlib.Path(path).read_text())
-    if "defaults" not in presets:
-        raise ConfigError(f"{path} has no 'defaults' block.")
+    """configs.yaml's blocks by name; a missing, unreadable or malformed file is a ConfigError saying where."""
+    fix = _configs_fix(path)
+    try:
+        text = pathlib.Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"the config file {path} does not exist. Point DREAMER_RODENT_CONFIGS at a configs.yaml, or "
+                          "reinstall the project editable from its repository (pip install -e .).") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the config file {path} ({error}). {fix}") from None
+    try:
+        presets = yaml_load(text, source=path)
+    except ConfigError as error:
+        raise ConfigError(f"{error} {fix}") from None
+    if not isinstance(presets, dict) or not isinstance(presets.get("defaults"), dict):
+        raise ConfigError(f"{path} has no 'defaults' block (a mapping of every config key). {fix}")
     return presets
+
+
+def _configs_fix(path) -> str:
+    path = pathlib.Path(path)
+    if (path.resolve().parent / ".git").exists():
+        return (f"Fix the file (`git diff {path.name}` in {path.resolve().parent} shows local edits, `git checkout "
+                f"{path.name}` restores it), or point DREAMER_RODENT_CONFIGS at a valid configs.yaml.")
+    return "Fix the file, or point DREAMER_RODENT_CONFIGS at a valid configs.yaml."
 
 
 def build_config(presets_names: Iterable[str] = (), flags: Mapping[str, Any] | None = None, path=CONFIGS_PATH) -> Config:

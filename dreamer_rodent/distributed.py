@@ -113,17 +113,47 @@ def local_devices(config: Config):
     platform = str(config.jax.platform).lower()
     try:
         devices = jax.local_devices(backend=_PLATFORMS[platform])
-    except RuntimeError as error:
-        raise ConfigError(
-            f"jax.platform={platform} but JAX cannot use it here ({error}). Use --jax.platform cpu, or install "
-            "the matching jax plugin (pip install 'jax[cuda12]')."
-        ) from None
+    except (RuntimeError, AssertionError) as error:
+        # With jax_platforms=cuda and no NVIDIA device JAX initialises no backend and fails a bare `assert`.
+        raise ConfigError(platform_unavailable(platform, error)) from None
     count = int(config.jax.devices)
     if count >= 1:
         if count > len(devices):
             raise ConfigError(f"jax.devices={count} but only {len(devices)} {platform} devices are visible.")
         devices = devices[:count]
     return devices
+
+
+def platform_unavailable(platform: str, error: BaseException | None = None) -> str:
+    """Why JAX cannot use `platform` here and what to do, as one message."""
+    import glob
+    import importlib.metadata
+    import shutil
+
+    plugins = sorted({dist.metadata["Name"] for dist in importlib.metadata.distributions()
+                      if re.match(r"^(jax[-_](cuda|rocm)\d*[-_](plugin|pjrt)|libtpu)", dist.metadata["Name"] or "",
+                                  re.IGNORECASE)})
+    reason = str(error).strip().splitlines()[0] if error is not None and str(error).strip() else ""
+    if platform in ("gpu", "cuda"):
+        facts = ["installed JAX backends: " + ", ".join(["cpu"] + plugins)]
+        if not any(re.match(r"jax[-_]cuda", p, re.IGNORECASE) for p in plugins):
+            facts.append("no CUDA plugin is installed")
+        if not glob.glob("/dev/nvidia[0-9]*"):
+            facts.append("no NVIDIA device under /dev")
+        if shutil.which("nvidia-smi") is None:
+            facts.append("nvidia-smi is not on PATH")
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if hidden is not None and hidden.strip() in ("", "-1"):
+            facts.append(f"CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU")
+        if reason:
+            facts.append(f"JAX says: {reason}")
+        return (f"jax.platform={platform} but JAX sees no GPU here ({'; '.join(facts)}). Install the cuda12 extra "
+                "(pip install -e \".[cuda12]\"), check that nvidia-smi lists the GPU, or use --jax.platform cpu "
+                "(or auto: a GPU when JAX sees one, else the CPU).")
+    facts = "; ".join(x for x in ("installed JAX backends: " + ", ".join(["cpu"] + plugins),
+                                  f"JAX says: {reason}" if reason else "") if x)
+    return (f"jax.platform={platform} but JAX cannot use it here ({facts}). Install the matching jax plugin "
+            "(pip install 'jax[tpu]' for a TPU), or use --jax.platform cpu or auto.")
 
 
 def make_mesh(config: Config):

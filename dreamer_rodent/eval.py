@@ -4,6 +4,7 @@
         [--seed S] [--out video.mp4] [--camera NAME] [--size WxH]
         [--level N | --distance METRES] [--deterministic | --stochastic]
         [--split] [--dream] [--key.sub value ...]
+    python -m dreamer_rodent.eval --help [KEY_PREFIX]
 
 Everything needed to rebuild the env and the agent comes from the run directory
 (the checkpoint's saved config), so a checkpoint copied off a cluster evaluates
@@ -26,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import dreamer_rodent  # noqa: F401  (sets MUJOCO_GL before dm_control is imported)
-from dreamer_rodent import video
+from dreamer_rodent import cli_help, video
 from dreamer_rodent.config import Config, ConfigError, split_flags
 
 DEFAULT_FPS = 50.0  # the rodents' 20 ms control step
@@ -669,6 +670,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line entry point; known failures print `error: ...` and return 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        wants_help, prefix = cli_help.help_request(argv)
+        if wants_help:  # before argparse, which would exit from inside main and list no config keys
+            print(cli_help.eval_help(_parser().format_help(), prefix), end="", flush=True)
+            return 0
         args = parse_eval_args(argv)
         evaluate(args)
     except (EvalError, ConfigError, video.VideoError, *_known_errors()) as e:

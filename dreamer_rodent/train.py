@@ -1,4 +1,5 @@
-"""Training entry point: `python -m dreamer_rodent.train --task rodent_goto [--configs ...] [--logdir DIR]`.
+"""Training entry point: `python -m dreamer_rodent.train --task rodent_goto [--configs ...] [--logdir DIR]`
+(`--help [PREFIX]` lists the presets and config keys).
 
 The loop a researcher leaves running overnight: envs in worker processes, a
 batched policy, uniform replay at a fixed train ratio, metrics to
@@ -26,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from dreamer_rodent import checkpoint as ckpt
-from dreamer_rodent import distributed
+from dreamer_rodent import cli_help, distributed
 from dreamer_rodent.alarm import ExploitationAlarm
 from dreamer_rodent.config import Config, ConfigError, parse_args
 from dreamer_rodent.driver import Driver, Recent, agent_obs
@@ -88,6 +89,25 @@ def check_config(config: Config) -> None:
                 f"{list(config.agent.cnn_mults)}) need a size divisible by {2**stages}. Use --env.image_size "
                 f"{' or '.join(str(f) for f in fits)}, or run without images (--configs proprio_only)."
             )
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that run but are almost certainly not what was meant (printed at start, not errors)."""
+    notes = []
+    steps, prefill = config.run.steps, config.run.prefill
+    if 0 < steps <= prefill:
+        # Not an error: a run that only collects the random prefill is a legitimate way to make a checkpoint
+        # without training (the eval tests, a warm start that copies weights); but a typo would say "Finished".
+        notes.append(
+            f"run.steps={_number(steps)} is not above run.prefill={_number(prefill)}, so the run collects only "
+            f"random-action prefill steps and makes no update: the agent will not train. Raise --run.steps above "
+            f"{_number(prefill)} or lower --run.prefill."
+        )
+    return notes
+
+
+def _number(value) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def resolve_logdir(config: Config, now: datetime.datetime | None = None) -> pathlib.Path:
@@ -565,6 +585,8 @@ def train(argv: Sequence[str]) -> str:
     """Parses flags, checks everything, then trains. Raises on bad input."""
     config, _ = parse_args(argv)
     check_config(config)
+    for note in config_warnings(config):
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     # optax's own deprecation notices fire on every trace and bury the run's output.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"optax")
     hosts = distributed.setup(config)
@@ -628,7 +650,9 @@ def train(argv: Sequence[str]) -> str:
             print(f"Stopped by {stop['signal']} at env step {steps}; checkpoint saved. Rerun the same command to "
                   "resume.", flush=True)
         else:
-            print(f"Finished {steps} env steps; checkpoint saved in {trainer.saver.latest()}.", flush=True)
+            updates = trainer.counters["train_steps"]
+            print(f"Finished {steps} env steps ({updates} updates); checkpoint saved in {trainer.saver.latest()}.",
+                  flush=True)
             print(f"Evaluate it with: python -m dreamer_rodent.eval --checkpoint {rundir}", flush=True)
         return reason
     finally:
@@ -647,6 +671,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        wants_help, prefix = cli_help.help_request(argv)
+        if wants_help:
+            print(cli_help.train_help(prefix), end="", flush=True)
+            return 0
         train(argv)
     # TaskConfigError: a task or walker setting a factory refused (e.g. a wrong env.camera) with in-process envs.
     except (ConfigError, ckpt.CheckpointError, UnknownTaskError, TaskConfigError, RunError, EnvWorkerError) as error:
