@@ -283,7 +283,9 @@ class Agent:
         if missing:
             raise KeyError(f"agent.load: {len(missing)} arrays missing, e.g. {missing[:5]}; the checkpoint was saved by "
                            f"a different agent configuration (compare agent.* in its config.yaml) or by an older "
-                           f"dreamer_rodent (layers gained biases on 2026-11-21: retrain, or check out that version).")
+                           f"dreamer_rodent (layers gained biases on 2026-11-21; on 2026-12-01 the optimiser split "
+                           f"in two and the return normalisation lost its debiasing: retrain, or check out that "
+                           f"version).")
         extra = sorted(set(arrays) - set(names))
         if extra:
             raise KeyError(f"agent.load: unexpected arrays {extra[:5]} (of {len(extra)}); the checkpoint was saved by a "
