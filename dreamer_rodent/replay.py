@@ -11,6 +11,12 @@ Chunks are also the unit of eviction (oldest first, once the stored steps exceed
 `chunk_s<stream>_<start>.npz` and never again, so each checkpoint writes only
 what is new, and loading fills the buffer one chunk at a time (no second copy).
 Images stay uint8 throughout.
+
+With `online=True` (DreamerV3 v2's online queue) every new non-overlapping
+sequence of `length` steps of a stream is queued as it completes, and each
+batch takes queued sequences first, uniform ones for the rest: every step is
+trained on at least once while it is new, not only by the chance of a uniform
+draw from a buffer that grows by the hour.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ class Replay:
     one stream. Steps of every stream are equally likely to start a sequence.
     """
 
-    def __init__(self, length: int, capacity: int, chunk: int = 1024, seed: int = 0):
+    def __init__(self, length: int, capacity: int, chunk: int = 1024, seed: int = 0, online: bool = False):
         length, capacity, chunk = int(length), int(capacity), int(chunk)
         if length < 1:
             raise ReplayError(f"sequence length must be >= 1, got {length} (set batch_length).")
@@ -88,6 +94,8 @@ class Replay:
         self._seq = 0
         self._size = 0
         self._spec: dict[str, tuple[tuple, np.dtype]] | None = None
+        self.online = bool(online)
+        self._queue: collections.deque[tuple[int, int]] = collections.deque()  # (stream, start) not yet sampled
 
     # ---- sizes ------------------------------------------------------------
 
@@ -136,6 +144,8 @@ class Replay:
         self._next[stream] += 1
         self._sizes[stream] = self._sizes.get(stream, 0) + 1
         self._size += 1
+        if self.online and self._next[stream] % self.length == 0:
+            self._queue.append((stream, self._next[stream] - self.length))
         self._evict()
 
     def add_batch(self, steps: Mapping[str, np.ndarray], streams: Iterable[int] | None = None) -> None:
@@ -184,7 +194,33 @@ class Replay:
     # ---- sampling ---------------------------------------------------------
 
     def sample(self, batch: int) -> dict[str, np.ndarray]:
-        """`batch` sequences of `length` consecutive steps, each from one stream."""
+        """`batch` sequences of `length` consecutive steps, each from one stream (queued new ones first)."""
+        out = None
+        rows = 0
+        while self._queue and rows < batch:
+            stream, start = self._queue.popleft()
+            chunks = self._streams.get(stream)
+            if not chunks or start < chunks[0].start:
+                continue  # evicted before it was sampled
+            if out is None:
+                out = {k: np.empty((batch, self.length) + shape, dtype) for k, (shape, dtype) in self._spec.items()}
+            self._copy(stream, start, out, rows)
+            rows += 1
+        if rows == batch:
+            return out
+        uniform = self._sample_uniform(batch - rows)
+        if out is None:
+            return uniform
+        for key, array in out.items():
+            array[rows:] = uniform[key]
+        return out
+
+    @property
+    def queued(self) -> int:
+        """New sequences waiting in the online queue."""
+        return len(self._queue)
+
+    def _sample_uniform(self, batch: int) -> dict[str, np.ndarray]:
         streams = self.streams
         counts = np.array([max(0, self.stream_size(s) - self.length + 1) for s in streams], np.int64)
         total = int(counts.sum())
@@ -251,6 +287,7 @@ class Replay:
             "next": {str(s): n for s, n in self._next.items()},
             "seq": self._seq,
             "rng": _plain_state(self.rng.bit_generator.state),
+            "queue": [[stream, start] for stream, start in self._queue],
             "written": written,
         }
 
@@ -321,6 +358,10 @@ class Replay:
         self._seq = max([int(manifest.get("seq", 0))] + [c.seq + 1 for c in self._order])
         if "rng" in manifest:
             self.rng.bit_generator.state = manifest["rng"]
+        if self.online:
+            self._queue.extend((int(stream), int(start)) for stream, start in manifest.get("queue", [])
+                               if stream in self._streams and int(start) >= self._streams[stream][0].start
+                               and int(start) + self.length <= self._next[stream])
         self._evict()
 
     @staticmethod

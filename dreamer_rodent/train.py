@@ -277,7 +277,8 @@ class Trainer:
         self.counters = {"env_steps": 0, "train_steps": 0, "episodes": 0, "train_start": int(config.run.prefill),
                          "nonfinite": 0}
         self.saver = ckpt.Checkpointer(rundir, int(config.run.keep_checkpoints))
-        self.replay = Replay(self.length, int(config.replay.capacity), int(config.replay.chunk), seed=int(config.seed))
+        self.replay = Replay(self.length, int(config.replay.capacity), int(config.replay.chunk), seed=int(config.seed),
+                             online=bool(config.replay.online))
         self.envs = None
         self.logger = None
         self._curriculum: list = []

@@ -217,3 +217,38 @@ def test_end_mark_on_an_already_saved_full_chunk_survives_the_next_save(tmp_path
     batch = restored.sample(200)
     for row in range(200):
         np.testing.assert_array_equal(batch["is_last"][row], batch["index"][row] == 7)
+
+
+def test_online_queue_serves_each_new_sequence_once_then_uniform(tmp_path):
+    replay = Replay(length=4, capacity=10_000, chunk=8, seed=0, online=True)
+    _fill(replay, streams=[0, 1], steps=8)  # two complete new sequences per stream: starts 0 and 4
+    assert replay.queued == 4
+    batch = replay.sample(3)
+    starts = [(int(s), int(i)) for s, i in zip(batch["stream_id"][:, 0], batch["index"][:, 0])]
+    assert starts == [(0, 0), (1, 0), (0, 4)]  # queued first, in the order they completed
+    batch = replay.sample(5)
+    assert (int(batch["stream_id"][0, 0]), int(batch["index"][0, 0])) == (1, 4)  # the last queued one ...
+    assert replay.queued == 0  # ... then uniform draws fill the batch
+    for row in range(5):
+        np.testing.assert_array_equal(np.diff(batch["index"][row]), 1)
+    # The queue survives a save and load; a plain replay has none.
+    for t in range(8, 12):  # a third sequence of stream 0
+        replay.add(_step(0, t), stream=0)
+    assert replay.queued == 1
+    manifest = replay.save(tmp_path / "chunks", tmp_path / "open")
+    restored = Replay(length=4, capacity=10_000, chunk=8, online=True)
+    restored.load(manifest, tmp_path / "chunks", tmp_path / "open")
+    assert restored.queued == 1
+    assert int(restored.sample(1)["index"][0, 0]) == 8
+    plain = Replay(length=4, capacity=10_000, chunk=8, seed=0)
+    _fill(plain, streams=[0], steps=8)
+    assert plain.queued == 0
+
+
+def test_online_queue_skips_sequences_evicted_before_they_were_sampled():
+    replay = Replay(length=4, capacity=16, chunk=8, seed=0, online=True)
+    _fill(replay, streams=[0], steps=32)  # 8 sequences queued; only the newest 16 steps are kept
+    batch = replay.sample(8)
+    starts = [int(i) for i in batch["index"][:4, 0]]
+    assert starts == [16, 20, 24, 28]  # the evicted ones (0..12) were dropped from the queue
+    assert batch["index"].min() >= 16
