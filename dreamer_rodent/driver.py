@@ -27,8 +27,10 @@ class Episodes:
     A record has `score`, `length`, `success` (1 if `log/success` was set at any
     step of the episode, i.e. the target was reached at least once; 0 if the task
     has no such metric) and the last value of every other `log/` key (e.g.
-    `log/curriculum_level`, `log/distance`). Frames of env `video_env` are kept
-    for rollout videos.
+    `log/curriculum_level`, `log/distance`), so a task that wants an
+    episode-level number logs its running value at every step (the go-to tasks'
+    `log/targets_per_min` and `log/first_reach_s`, NaN until a target is
+    reached). Frames of env `video_env` are kept for rollout videos.
     """
 
     def __init__(self, num: int, video_env: int = 0, video_key: str = "image", max_frames: int = 500):

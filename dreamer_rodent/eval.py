@@ -69,6 +69,8 @@ class Episode:
     min_distance: float | None = None
     level: int | None = None
     targets: int | None = None
+    targets_per_min: float | None = None
+    first_reach_s: float | None = None
     frames: int = 0
     obs: list = dataclasses.field(default_factory=list)
     actions: list = dataclasses.field(default_factory=list)
@@ -84,6 +86,8 @@ class Episode:
             "min_distance": self.min_distance,
             "level": self.level,
             "targets_reached": self.targets,
+            "targets_per_min": self.targets_per_min,
+            "first_reach_s": self.first_reach_s,  # None (JSON null): no target reached
         }
 
 
@@ -259,7 +263,14 @@ def _record(episode: Episode, obs: dict, step: int) -> None:
     targets = _scalar(obs, "log/targets_reached")
     if targets is not None:
         episode.targets = int(targets)
-    level = _scalar(obs, "log/curriculum_level")
+    rate = _scalar(obs, "log/targets_per_min")
+    if rate is not None:
+        episode.targets_per_min = rate
+    first = _scalar(obs, "log/first_reach_s")
+    if first is not None:  # NaN until the first reach; strict JSON has no NaN, so None stands for it
+        episode.first_reach_s = first if math.isfinite(first) else None
+    level = _scalar(obs, "log/curriculum_episode_level")
+    level = _scalar(obs, "log/curriculum_level") if level is None else level
     level = _scalar(obs, "log/level") if level is None else level
     if level is not None:
         episode.level = int(level)
@@ -274,6 +285,9 @@ def frame_text(episode: Episode, episodes: int, obs: dict, step: int) -> list[st
     if episode.success is not None:
         reached = f" ({episode.targets} targets)" if episode.targets is not None else ""
         lines.append("success " + ("yes" if episode.success else "no") + reached)
+    if episode.targets_per_min is not None:
+        first = f"  first at {episode.first_reach_s:.1f} s" if episode.first_reach_s is not None else ""
+        lines.append(f"{episode.targets_per_min:.1f} targets/min{first}")
     if episode.level is not None:
         lines.append(f"level {episode.level}")
     return lines
@@ -307,20 +321,36 @@ def summarize(episodes: Sequence[Episode]) -> dict:
         raise EvalError("no episodes were evaluated.")
     successes = [e.success for e in episodes if e.success is not None]
     distances = [e.final_distance for e in episodes if e.final_distance is not None]
+    rates = [e.targets_per_min for e in episodes if e.targets_per_min is not None]
+    firsts = [e.first_reach_s for e in episodes if e.first_reach_s is not None]
     return {
         "episodes": len(episodes),
         "return": spread([e.ret for e in episodes]),
         "length": spread([e.length for e in episodes]),
         "success_rate": float(np.mean(successes)) if successes else None,
         "final_distance": spread(distances) if distances else None,
+        "targets_per_min": spread(rates) if rates else None,
+        # Over the episodes that reached a target (success_rate says how many did); None if none did.
+        "first_reach_s": spread(firsts) if firsts else None,
         "per_episode": [e.scores() for e in episodes],
     }
 
 
+def strict_json(value):
+    """`value` with every NaN or infinite float replaced by None: the scores file is strict JSON (no NaN)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def format_table(scores: dict) -> str:
     """The per-episode table and the summary lines printed after evaluation."""
-    header = (f"{'episode':>7}  {'return':>10}  {'length':>6}  {'success':>7}  {'targets':>7}  {'final dist':>10}  "
-              f"{'level':>5}")
+    header = (f"{'episode':>7}  {'return':>10}  {'length':>6}  {'success':>7}  {'targets':>7}  {'per min':>7}  "
+              f"{'1st at s':>8}  {'final dist':>10}  {'level':>5}")
     rows = [header, "-" * len(header)]
 
     def show(value, fmt="{}"):
@@ -329,9 +359,11 @@ def format_table(scores: dict) -> str:
     for e in scores["per_episode"]:
         success = "-" if e["success"] is None else ("yes" if e["success"] else "no")
         rows.append(f"{e['episode']:>7}  {e['return']:>10.3f}  {e['length']:>6}  {success:>7}  "
-                    f"{show(e['targets_reached']):>7}  {show(e['final_distance'], '{:.3f}'):>10}  {show(e['level']):>5}")
+                    f"{show(e['targets_reached']):>7}  {show(e.get('targets_per_min'), '{:.2f}'):>7}  "
+                    f"{show(e.get('first_reach_s'), '{:.2f}'):>8}  {show(e['final_distance'], '{:.3f}'):>10}  "
+                    f"{show(e['level']):>5}")
     rows.append("-" * len(header))
-    for name in ("return", "length", "final_distance"):
+    for name in ("return", "length", "final_distance", "targets_per_min", "first_reach_s"):
         s = scores.get(name)
         if s:
             rows.append(f"{name:<15} mean {s['mean']:.3f}  std {s['std']:.3f}  min {s['min']:.3f}  max {s['max']:.3f}")
@@ -649,7 +681,7 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
         result["dream_mse"] = report.get(f"openloop/{image_key}_mse")
     json_path = out.with_suffix(".json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    json_path.write_text(json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n")
     log(format_table(scores))
     for path in videos + ([result["dream_video"]] if args.dream else []):
         log(f"Video: {path}")

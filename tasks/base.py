@@ -198,20 +198,37 @@ def cheapen_visuals(mjcf_root) -> None:
 
 
 class Curriculum:
-    """Adaptive levels: advance when the recent success rate reaches a threshold.
+    """Adaptive levels that go up and down with the recent success rate.
 
     `levels` are task-specific values (e.g. max target distance). The success
-    rate is over the last `window` finished episodes and only counts episodes at
-    the current level; the window restarts at each level change. `pinned >= 0`
-    fixes the level (evaluation); `enabled=False` stays at the last level.
+    rate is over the last `window` finished episodes at the current level. When
+    that window is full and its rate reaches `threshold` the level goes up; when
+    it falls below `down_threshold` (0: never) the level goes down. Every level
+    change clears the window, so a new level is held for at least `window` of its
+    own episodes before the next change: the level cannot flip back and forth
+    every few episodes.
+
+    Each episode is drawn by `draw_level`: with probability `easy_fraction` at a
+    uniformly chosen easier level (none at level 0), otherwise at the current
+    one. Easy episodes keep easier targets in the data and do not count towards
+    the window. `pinned >= 0` fixes the level (evaluation; no easy episodes);
+    `enabled=False` stays at the last level.
     """
 
-    def __init__(self, levels: Sequence[float], threshold: float, window: int, pinned: int = -1, enabled: bool = True):
+    def __init__(self, levels: Sequence[float], threshold: float, window: int, pinned: int = -1, enabled: bool = True,
+                 down_threshold: float = 0.0, easy_fraction: float = 0.0):
         levels = [float(x) for x in levels]
         if not levels:
             raise TaskConfigError("task_kwargs.curriculum_levels is empty; give at least one level.")
         if not 0.0 < threshold <= 1.0:
             raise TaskConfigError(f"task_kwargs.curriculum_threshold must be in (0, 1], got {threshold}.")
+        if not 0.0 <= down_threshold < threshold:
+            raise TaskConfigError(
+                f"task_kwargs.curriculum_down_threshold must be in [0, curriculum_threshold={threshold}) "
+                f"(0: the level never goes down), got {down_threshold}."
+            )
+        if not 0.0 <= easy_fraction < 1.0:
+            raise TaskConfigError(f"task_kwargs.curriculum_easy_fraction must be in [0, 1), got {easy_fraction}.")
         if window < 1:
             raise TaskConfigError(f"task_kwargs.curriculum_window must be >= 1, got {window}.")
         if pinned >= len(levels):
@@ -221,6 +238,8 @@ class Curriculum:
             )
         self.levels = levels
         self.threshold = float(threshold)
+        self.down_threshold = float(down_threshold)
+        self.easy_fraction = float(easy_fraction)
         self.window = int(window)
         self.pinned = int(pinned)
         self.enabled = bool(enabled)
@@ -230,10 +249,18 @@ class Curriculum:
     @classmethod
     def from_config(cls, config) -> "Curriculum":
         kw = config.task_kwargs
-        return cls(kw.curriculum_levels, kw.curriculum_threshold, kw.curriculum_window, kw.level, kw.curriculum)
+        return cls(kw.curriculum_levels, kw.curriculum_threshold, kw.curriculum_window, kw.level, kw.curriculum,
+                   down_threshold=kw.get("curriculum_down_threshold", 0.0),
+                   easy_fraction=kw.get("curriculum_easy_fraction", 0.0))
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the level moves with success (not pinned, not switched off)."""
+        return self.pinned < 0 and self.enabled
 
     @property
     def level(self) -> int:
+        """The current level (the one episodes are drawn at unless they are easy ones)."""
         return self.pinned if self.pinned >= 0 else self._level
 
     @property
@@ -244,14 +271,37 @@ class Curriculum:
     def success_rate(self) -> float:
         return float(np.mean(self._recent)) if self._recent else 0.0
 
-    def record(self, success: bool) -> None:
-        """Records one finished episode at the current level; may advance."""
-        if self.pinned >= 0 or not self.enabled:
+    def draw_level(self, random_state) -> int:
+        """The level of the next episode: an easier one with probability `easy_fraction`, else the current one.
+
+        `random_state` is a numpy RandomState (the task's); it is drawn from only
+        when an easy episode is possible, so level 0 draws as before.
+        """
+        level = self.level
+        if self.adaptive and level > 0 and self.easy_fraction > 0:
+            if random_state.uniform() < self.easy_fraction:
+                return int(random_state.randint(0, level))
+        return level
+
+    def record(self, success: bool, level: int | None = None) -> None:
+        """Records one finished episode drawn at `level` (default: the current one); may move the level.
+
+        Only episodes at the current level count (easy ones and any drawn before
+        the last change do not).
+        """
+        if not self.adaptive:
+            return
+        if level is not None and int(level) != self._level:
             return
         self._recent.append(float(bool(success)))
-        full = len(self._recent) == self.window
-        if full and self.success_rate >= self.threshold and self._level < len(self.levels) - 1:
+        if len(self._recent) < self.window:
+            return
+        rate = self.success_rate
+        if rate >= self.threshold and self._level < len(self.levels) - 1:
             self._level += 1
+            self._recent.clear()
+        elif rate < self.down_threshold and self._level > 0:
+            self._level -= 1
             self._recent.clear()
 
     def state_dict(self) -> dict:

@@ -28,12 +28,25 @@ useful data and avoids resets, which cost the most in a rodent env. Body contact
 never end an episode (dm_control's stock GoToTarget does, which with random
 actions resets the rat every few steps).
 
-Curriculum: the target is drawn at a distance from the head uniform in
-[1.5 * success_radius, max distance of the level] in a random direction; levels
-are `curriculum_levels` (metres). An episode is a success when the head reached at
-least one target; when the success rate over the last `curriculum_window`
-episodes at the current level reaches `curriculum_threshold`, the level goes up.
-`level >= 0` pins it; `curriculum: false` uses the farthest level.
+Curriculum (`base.Curriculum`): the target is drawn at a distance from the head
+uniform in [1.5 * success_radius, max distance of the episode's level] in a
+random direction; levels are `curriculum_levels` (metres). An episode is a
+success when the head reached at least one target. When the success rate over
+the last `curriculum_window` episodes at the current level reaches
+`curriculum_threshold` the level goes up; when it falls below
+`curriculum_down_threshold` it goes down; each change clears the window. A
+fraction `curriculum_easy_fraction` of episodes is drawn at a uniformly chosen
+easier level and does not count towards the window. `level >= 0` pins it;
+`curriculum: false` uses the farthest level.
+
+Log metrics (`log/` keys, once per step; the driver keeps each episode's last
+value): `targets_reached` (count so far), `targets_per_min` (targets reached per
+minute of simulated time so far: at the episode's end, its reach rate),
+`first_reach_s` (simulated seconds from the episode's start to the first reach;
+NaN until one), `distance`, `success` (this step), `upright`, and the
+curriculum's `curriculum_level` (current), `curriculum_episode_level` (this
+episode's), `curriculum_easy` (1 for an easy episode), `curriculum_distance`
+and `curriculum_success_rate`.
 """
 
 from __future__ import annotations
@@ -83,6 +96,9 @@ class GoToTarget(composer.Task):
         self._success_now = False
         self._reached = 0
         self._steps = 0
+        self._first_reach_s = float("nan")
+        self._episode_level = curriculum.level
+        self._easy = False
         self._up = 1.0
         self._target_height = 0.05
         self.set_timesteps(physics_timestep=walker.physics_timestep, control_timestep=walker.control_timestep)
@@ -102,10 +118,13 @@ class GoToTarget(composer.Task):
 
     def initialize_episode(self, physics, random_state):
         if self._steps > 0:  # the episode that just ended (time limit or reset)
-            self.curriculum.record(self._reached > 0)
+            self.curriculum.record(self._reached > 0, self._episode_level)
         self._steps = 0
         self._reached = 0
+        self._first_reach_s = float("nan")
         self._success_now = False
+        self._episode_level = self.curriculum.draw_level(random_state)
+        self._easy = self._episode_level != self.curriculum.level
         base.spawn_walker(physics, self._walker, random_state, (0.0, 0.0))
         physics.forward()  # head position of the new pose, before placing the target
         self._target_height = max(float(physics.bind(self._walker.head).xpos[2]), self.success_radius)
@@ -124,6 +143,8 @@ class GoToTarget(composer.Task):
         self._previous_potential = potential
         self._success_now = self._distance < self.success_radius
         if self._success_now:
+            if self._reached == 0:
+                self._first_reach_s = self.elapsed_s
             self._reached += 1
             self._place_target(physics, random_state)
 
@@ -138,6 +159,17 @@ class GoToTarget(composer.Task):
         return 1.0
 
     # ---- helpers ----
+    @property
+    def elapsed_s(self) -> float:
+        """Simulated seconds since the episode started (control steps x control timestep)."""
+        return self._steps * float(self.control_timestep)
+
+    @property
+    def targets_per_min(self) -> float:
+        """Targets reached per minute of simulated time so far in the episode (0 before its first step)."""
+        elapsed = self.elapsed_s
+        return 60.0 * self._reached / elapsed if elapsed > 0 else 0.0
+
     def _potential(self, distance: float) -> float:
         return 1.0 - float(np.tanh(distance / self.distance_scale))
 
@@ -149,7 +181,7 @@ class GoToTarget(composer.Task):
 
     def _place_target(self, physics, random_state):
         head = physics.bind(self._walker.head).xpos
-        high = self.curriculum.value
+        high = self.curriculum.levels[self._episode_level]
         low = min(1.5 * self.success_radius, high)
         distance = random_state.uniform(low, high)
         angle = random_state.uniform(-np.pi, np.pi)
@@ -176,8 +208,12 @@ class GoToTarget(composer.Task):
             "distance": self._distance,
             "success": float(self._success_now),
             "targets_reached": float(self._reached),
+            "targets_per_min": self.targets_per_min,
+            "first_reach_s": self._first_reach_s,
             "upright": self._up,
             "curriculum_level": float(self.curriculum.level),
+            "curriculum_episode_level": float(self._episode_level),
+            "curriculum_easy": float(self._easy),
             "curriculum_distance": self.curriculum.value,
             "curriculum_success_rate": self.curriculum.success_rate,
         }

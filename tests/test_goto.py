@@ -171,7 +171,8 @@ def test_curriculum_unit():
 
 
 def test_curriculum_advances_in_the_env_and_survives_save_restore():
-    flags = {"env.time_limit": 0.1, "task_kwargs.curriculum_window": 2, "task_kwargs.curriculum_threshold": 0.5}
+    flags = {"env.time_limit": 0.1, "task_kwargs.curriculum_window": 2, "task_kwargs.curriculum_threshold": 0.5,
+             "task_kwargs.curriculum_easy_fraction": 0.0}  # every episode at the current level (no easy ones)
     env = _env("ball_goto", **flags)
     zero = np.zeros(env.act_space["action"].shape, np.float32)
     obs = env.step({"reset": True})
@@ -213,4 +214,268 @@ def test_pinned_level_sets_the_target_distance():
         obs = env.step({"reset": True})
         assert obs["log/curriculum_level"] == 4
         assert 0.075 <= obs["log/distance"] <= 1.2 + 1e-6
+    env.close()
+
+
+# ---- reach rate and time to first reach ----
+
+
+def _place_at_head(env):
+    _task(env).set_target(env.physics, env.physics.bind(env.walker.head).xpos[:2])
+
+
+def test_reach_rate_and_time_to_first_reach_of_a_scripted_episode():
+    """3 targets in a 1 s episode (the ball held still, each target put at its head): 180 per minute, the first
+    reached at the end of control step 10 (0.2 s); the driver's episode record keeps the episode's values."""
+    import math
+
+    from dreamer_rodent.driver import Episodes
+    from dreamer_rodent.logger import Averages
+
+    env = _env("ball_goto", **{"env.time_limit": 1.0, "task_kwargs.level": 0})
+    zero = np.zeros(env.act_space["action"].shape, np.float32)
+    episodes = Episodes(1)
+    obs = env.step({"reset": True})
+    assert obs["log/targets_per_min"] == 0.0 and math.isnan(obs["log/first_reach_s"])
+    records, step = [], 0
+    while True:
+        records += episodes.add({k: np.asarray(v)[None] for k, v in obs.items()})
+        if obs["is_last"]:
+            break
+        if step in (9, 19, 29):  # reached at the end of steps 10, 20 and 30
+            _place_at_head(env)
+        obs = env.step({"action": zero, "reset": False})
+        step += 1
+        if step == 10:
+            assert obs["log/success"] == 1.0 and obs["log/first_reach_s"] == pytest.approx(0.2)
+            assert obs["log/targets_per_min"] == pytest.approx(60.0 / 0.2)  # 1 target in 0.2 s so far
+    assert step == 50 and obs["log/targets_reached"] == 3.0
+    (record,) = records
+    assert record["targets_reached"] == 3.0
+    assert record["targets_per_min"] == pytest.approx(180.0)
+    assert record["first_reach_s"] == pytest.approx(0.2)
+
+    # An episode with no reach (held still, the target 7.5 cm or more away): rate 0, no time to first reach,
+    # and the NaN stays out of the logged means (train.py averages episode/... keys with logger.Averages).
+    obs = env.step({"action": zero, "reset": False})
+    records = []
+    while not records:
+        records += episodes.add({k: np.asarray(v)[None] for k, v in obs.items()})
+        obs = env.step({"action": zero, "reset": False})
+    assert records[0]["targets_per_min"] == 0.0 and math.isnan(records[0]["first_reach_s"])
+    averages = Averages()
+    averages.add({"episode/first_reach_s": record["first_reach_s"]})
+    averages.add({"episode/first_reach_s": records[0]["first_reach_s"]})
+    assert averages.result() == {"episode/first_reach_s": pytest.approx(0.2)}
+    env.close()
+
+
+def test_reach_rate_counts_simulated_time_with_action_repeat():
+    """With action repeat 2 an env step is 40 ms: one target in a 1 s episode is 60 per minute."""
+    env = _env("ball_goto", **{"env.time_limit": 1.0, "env.action_repeat": 2, "task_kwargs.level": 0})
+    zero = np.zeros(env.act_space["action"].shape, np.float32)
+    obs = env.step({"reset": True})
+    steps = 0
+    while not obs["is_last"]:
+        if steps == 4:
+            _place_at_head(env)  # reached on the first control step of env step 5: control step 9
+        obs = env.step({"action": zero, "reset": False})
+        steps += 1
+    assert steps == 25 and obs["log/targets_reached"] == 1.0
+    assert obs["log/targets_per_min"] == pytest.approx(60.0)
+    assert obs["log/first_reach_s"] == pytest.approx(9 * 0.02)
+    env.close()
+
+
+def test_eval_scores_have_the_reach_rate_and_null_for_no_reach():
+    """dreamer_rodent.eval's rollout: per-episode targets_per_min and first_reach_s, strict JSON (null, not NaN)."""
+    import json
+
+    from dreamer_rodent import eval as evaluation
+
+    env = _env("ball_goto", **{"env.time_limit": 1.0, "task_kwargs.level": 0})
+    zero = np.zeros(env.act_space["action"].shape, np.float32)
+
+    def place(episode, obs, step):
+        if episode.index == 0 and step in (9, 19):
+            _place_at_head(env)
+
+    episodes = evaluation.run_episodes(env, lambda carry, obs: (carry, zero), lambda: None, 2, place)
+    env.close()
+    scores = evaluation.summarize(episodes)
+    first, second = scores["per_episode"]
+    assert first["targets_reached"] == 2 and first["targets_per_min"] == pytest.approx(120.0)
+    assert first["first_reach_s"] == pytest.approx(0.2)
+    assert second["targets_per_min"] == 0.0 and second["first_reach_s"] is None
+    assert scores["targets_per_min"]["mean"] == pytest.approx(60.0)
+    assert scores["first_reach_s"] == pytest.approx({"mean": 0.2, "std": 0.0, "min": 0.2, "max": 0.2})
+    text = json.dumps(evaluation.strict_json(scores), allow_nan=False)
+    assert json.loads(text)["per_episode"][1]["first_reach_s"] is None
+    assert json.loads(json.dumps(evaluation.strict_json({"x": [float("nan"), np.float32(1.5)]}))) == {"x": [None, 1.5]}
+    lines = evaluation.frame_text(episodes[0], 2, {"reward": 0.0}, 50)
+    assert "120.0 targets/min  first at 0.2 s" in lines
+    assert "per min" in evaluation.format_table(scores)
+
+
+# ---- the two-way curriculum (pure logic) ----
+
+
+def _two_way(**kw):
+    kw = {"threshold": 0.7, "window": 4, "down_threshold": 0.3, **kw}
+    return base.Curriculum([0.1, 0.2, 0.4, 0.8], **kw)
+
+
+def test_curriculum_goes_down_below_the_down_threshold_and_clears_the_window():
+    cur = _two_way()
+    cur.load_state_dict({"level": 2, "recent": []})
+    for _ in range(3):
+        cur.record(False)
+    assert cur.level == 2  # the window is not full yet
+    cur.record(False)
+    assert cur.level == 1 and cur.state_dict()["recent"] == []  # 0 < 0.3: down, window cleared
+    for success in (True, False, True):
+        cur.record(success)
+    assert cur.level == 1
+    cur.record(False)
+    assert cur.level == 1  # [T, F, T, F] = 0.5: between the thresholds, stays
+    cur.record(False)
+    assert cur.level == 0  # the window slides to [F, T, F, F] = 0.25 < 0.3: down
+    for success in (False, False):
+        cur.record(success)
+    assert cur.level == 0
+    for _ in range(10):
+        cur.record(False)
+    assert cur.level == 0  # never below level 0
+    for _ in range(4):
+        cur.record(True)
+    assert cur.level == 1  # and up again on success
+    with pytest.raises(ValueError, match="curriculum_down_threshold must be in"):
+        _two_way(down_threshold=0.7)
+    with pytest.raises(ValueError, match="curriculum_easy_fraction must be in"):
+        _two_way(easy_fraction=1.0)
+    never = _two_way(down_threshold=0.0)  # 0: the level only goes up
+    never.load_state_dict({"level": 2, "recent": []})
+    for _ in range(20):
+        never.record(False)
+    assert never.level == 2
+
+
+def test_curriculum_easy_episodes_come_from_easier_levels_and_do_not_count():
+    rng = np.random.RandomState(0)
+    cur = _two_way(easy_fraction=0.2)
+    assert {cur.draw_level(rng) for _ in range(200)} == {0}  # level 0 has no easier level
+    cur.load_state_dict({"level": 3, "recent": []})
+    draws = np.array([cur.draw_level(rng) for _ in range(6000)])
+    assert np.mean(draws < 3) == pytest.approx(0.2, abs=0.02)
+    easy = draws[draws < 3]
+    assert set(easy) == {0, 1, 2} and np.bincount(easy).min() > 0.28 * len(easy)  # uniform over the easier levels
+    for _ in range(10):
+        cur.record(False, level=1)  # easy episodes: not in the window of level 3
+    assert cur.level == 3 and cur.state_dict()["recent"] == []
+    cur.record(True, level=3)
+    assert cur.state_dict()["recent"] == [1.0]
+    pinned = _two_way(easy_fraction=0.5, pinned=2)
+    assert {pinned.draw_level(rng) for _ in range(100)} == {2}  # evaluation: always the pinned level
+    off = _two_way(easy_fraction=0.5, enabled=False)
+    assert {off.draw_level(rng) for _ in range(100)} == {3}  # curriculum off: the farthest level
+
+
+def _simulate(cur, success_at, episodes, seed=0):
+    """Runs `episodes` episodes; success_at(level) -> success probability. Returns (current, episode) levels."""
+    rng = np.random.RandomState(seed)
+    history = []
+    for _ in range(episodes):
+        current = cur.level
+        level = cur.draw_level(rng)
+        history.append((current, level))
+        cur.record(rng.uniform() < success_at(level), level)
+    return history
+
+
+def _changes(history):
+    """Indices of episodes after which the curriculum level changed, and the episodes at the level before each."""
+    changes = [i for i in range(1, len(history)) if history[i][0] != history[i - 1][0]]
+    held = []
+    for start, end in zip([0] + changes, changes):
+        held.append(sum(1 for current, level in history[start:end] if level == current))
+    return changes, held
+
+
+def test_curriculum_does_not_oscillate_every_few_episodes():
+    """An agent that masters levels 0-1 and always fails level 2 moves 1 -> 2 -> 1 -> ... but holds every level for
+    a full window of its own episodes (easy episodes come on top); one between the thresholds never moves."""
+    window = 20
+    cur = base.Curriculum([0.15, 0.3, 0.5, 0.8], threshold=0.7, window=window, down_threshold=0.3,
+                          easy_fraction=0.2)
+    history = _simulate(cur, lambda level: 1.0 if level <= 1 else 0.0, 1000)
+    changes, held = _changes(history)
+    assert [history[i][0] for i in changes[:4]] == [1, 2, 1, 2]
+    assert all(h == window for h in held)  # each change after exactly one full window at the level
+    assert min(np.diff(changes)) >= window and len(changes) <= 1000 // window
+    easy = [(current, level) for current, level in history if level != current]
+    assert easy and all(level < current for current, level in easy)
+
+    # Noisy success near the thresholds: changes stay at least a window of episodes apart.
+    for seed, rates in enumerate(([0.9, 0.75, 0.5, 0.2], [0.8, 0.6, 0.35, 0.25], [0.7, 0.7, 0.3, 0.3])):
+        cur = base.Curriculum([0.15, 0.3, 0.5, 0.8], threshold=0.7, window=window, down_threshold=0.3,
+                              easy_fraction=0.2)
+        changes, held = _changes(_simulate(cur, lambda level: rates[level], 3000, seed=seed))
+        assert all(h >= window for h in held) and (not changes[1:] or min(np.diff(changes)) >= window), rates
+
+    # Success half the time at every level: the first window moves nothing, nor does any later one.
+    cur = base.Curriculum([0.15, 0.3], threshold=0.7, window=4, down_threshold=0.3)
+    cur.load_state_dict({"level": 1, "recent": []})
+    for i in range(400):
+        cur.record(i % 2 == 0)
+    assert cur.level == 1
+
+
+def test_two_way_curriculum_state_survives_restore():
+    cur = _two_way(easy_fraction=0.2)
+    cur.load_state_dict({"level": 2, "recent": []})
+    for _ in range(4):
+        cur.record(False)  # down to 1
+    cur.record(True)
+    cur.record(False)
+    state = cur.state_dict()
+    assert state == {"level": 1, "recent": [1.0, 0.0], "levels": [0.1, 0.2, 0.4, 0.8]}
+    restored = _two_way(easy_fraction=0.2)
+    restored.load_state_dict(state)
+    assert restored.level == 1 and restored.state_dict() == state
+    cur.record(False)
+    restored.record(False)
+    assert cur.level == restored.level == 1  # 3 episodes in the window: not full
+    cur.record(False)
+    restored.record(False)
+    assert cur.level == restored.level == 0  # [T, F, F, F] = 0.25 < 0.3: both go down at the same episode
+
+
+def test_curriculum_steps_down_in_the_env_and_logs_each_episodes_level():
+    """Held still, the ball reaches no target: from level 3 the curriculum steps down a level per 2 failed
+    episodes at the current level (window 2); easy episodes are drawn nearer, logged, and do not count."""
+    flags = {"env.time_limit": 0.1, "task_kwargs.curriculum_window": 2, "task_kwargs.curriculum_threshold": 0.5,
+             "task_kwargs.curriculum_down_threshold": 0.3, "task_kwargs.curriculum_easy_fraction": 0.5}
+    env = _env("ball_goto", **flags)
+    levels = list(_task(env).curriculum.levels)
+    env.load_curriculum_state({"level": 3, "recent": []})
+    zero = np.zeros(env.act_space["action"].shape, np.float32)
+    obs = env.step({"action": zero, "reset": False})  # the first episode, drawn at the restored level
+    history = []  # (current level, episode level, easy) of each episode, from its last observation
+    while len(history) < 40 and not (history and history[-1][0] == 0 and len(history) > 12):
+        assert obs["is_first"]
+        episode_level = int(obs["log/curriculum_episode_level"])
+        assert obs["log/distance"] <= levels[episode_level] + 1e-6  # the target is drawn at the episode's level
+        while not obs["is_last"]:
+            obs = env.step({"action": zero, "reset": False})
+        assert obs["log/targets_reached"] == 0
+        history.append((int(obs["log/curriculum_level"]), int(obs["log/curriculum_episode_level"]),
+                        bool(obs["log/curriculum_easy"])))
+        obs = env.step({"action": zero, "reset": False})
+    currents = [c for c, _, _ in history]
+    assert currents[0] == 3 and currents[-1] == 0 and currents == sorted(currents, reverse=True)
+    for level in (3, 2, 1):  # each left after exactly 2 of its own (not easy) episodes
+        assert sum(1 for c, e, easy in history if c == level and not easy) == 2
+    assert all(easy == (e < c) for c, e, easy in history)
+    assert any(easy for _, _, easy in history) and not any(easy for c, _, easy in history if c == 0)
+    assert env.curriculum_state()["level"] == 0
     env.close()
