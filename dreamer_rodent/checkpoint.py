@@ -188,18 +188,19 @@ class Checkpointer:
     def latest(self) -> pathlib.Path | None:
         return _latest_in(self.directory) if self.directory.is_dir() else None
 
-    def load_latest(self, arrays: bool = True) -> Checkpoint | None:
-        """The newest checkpoint that verifies; older ones are tried with a warning.
+    def load_latest(self, arrays: bool = True, warn=None) -> Checkpoint | None:
+        """The newest checkpoint that verifies and reads; older ones are tried with a warning.
 
         A corrupt checkpoint is renamed to `<name>.corrupt` (kept for inspection,
         out of rotation) so that later saves and pruning never pick it again.
+        `warn(message)` reports each one (default: warnings.warn).
         """
         candidates = self.list()
         latest = self.latest()
         if latest is not None and latest not in candidates:
             candidates.append(latest)
         errors = []
-        for path in reversed(candidates):
+        for n, path in enumerate(reversed(candidates)):
             try:
                 checkpoint = load(path, arrays=arrays)
             except CheckpointError as error:
@@ -210,7 +211,11 @@ class Checkpointer:
                     where = f" It was moved to {corrupt}."
                 except OSError:
                     where = ""
-                warnings.warn(f"{error}{where} Falling back to the previous checkpoint.", stacklevel=2)
+                then = " Falling back to the previous checkpoint." if n + 1 < len(candidates) else ""
+                if warn is None:
+                    warnings.warn(f"{error}{where}{then}", stacklevel=2)
+                else:
+                    warn(f"{error}{where}{then}")
                 continue
             return checkpoint
         if errors:
@@ -260,17 +265,53 @@ def verify(path) -> dict:
 
 
 def load(path, arrays: bool = True) -> Checkpoint:
-    """Verifies and reads one checkpoint directory (no pickle anywhere)."""
+    """Verifies and reads one checkpoint directory (no pickle anywhere).
+
+    A file that matches its manifest but does not parse (an `agent.npz` that is a
+    pickle or a plain .npy, a state.json that is not JSON, ...) is a CheckpointError
+    like any other corruption. OSError passes through: a file that vanished
+    mid-read (a running training pruned it) is not a damaged checkpoint.
+    """
     path = find(path)
     manifest = verify(path)
     data = {}
     if arrays:
-        with np.load(path / "agent.npz", allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    state = json.loads((path / "state.json").read_text())
-    config = Config.load(path / "config.yaml")
-    replay = json.loads((path / "replay.json").read_text())
+        data = _read(path, "agent.npz", "a numpy .npz archive of arrays", _read_npz)
+    state = _read(path, "state.json", "JSON", lambda file: json.loads(file.read_text()))
+    config = _read(path, "config.yaml", "a YAML config", Config.load)
+    replay = _read(path, "replay.json", "JSON", lambda file: json.loads(file.read_text()))
     return Checkpoint(path, int(manifest.get("step", 0)), data, state, config, replay)
+
+
+class _NotNpz(ValueError):
+    pass
+
+
+def _read_npz(file: pathlib.Path) -> dict[str, np.ndarray]:
+    with open(file, "rb") as f:
+        head = f.read(6)
+    if head[:1] == b"\x80":  # numpy would suggest allow_pickle=True: never for a checkpoint
+        raise _NotNpz("it is a Python pickle, which checkpoints never load")
+    if head == b"\x93NUMPY":
+        raise _NotNpz("it holds a single .npy array, not an .npz archive")
+    if head[:4] != b"PK\x03\x04":
+        raise _NotNpz("it is not a zip archive")
+    with np.load(file, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _read(path: pathlib.Path, name: str, kind: str, reader):
+    try:
+        return reader(path / name)
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any parse failure of a file the manifest vouched for
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        why = detail if isinstance(error, _NotNpz) else f"{type(error).__name__}: {detail}".rstrip(": ")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: {name} matches its sha256 in the manifest but is not {kind} "
+            f"({why}); it was written damaged or replaced."
+        ) from None
 
 
 def find(path) -> pathlib.Path:

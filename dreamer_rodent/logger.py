@@ -124,10 +124,7 @@ class Logger:
 
             folder = self.logdir / "videos"
             folder.mkdir(exist_ok=True)
-            with warnings.catch_warnings():
-                # ffmpeg runs as fork+exec; JAX's generic fork warning does not apply to it.
-                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-                write_video(folder / f"{name.replace('/', '_')}_{int(step):09d}.mp4", list(grid), self.fps)
+            write_video(folder / f"{name.replace('/', '_')}_{int(step):09d}.mp4", list(grid), self.fps)
         except Exception as error:  # noqa: BLE001 - a video must never stop training
             warnings.warn(f"could not write the MP4 of {name}: {error}", stacklevel=2)
 

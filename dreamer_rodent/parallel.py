@@ -15,7 +15,9 @@ Failure handling, so that a long run never hangs on one bad env:
   within `step_timeout` is restarted; the episode it was running is reported as
   ended (`is_last=True`, not terminal) and its next observation starts a new
   episode (`is_first=True`). After `max_restarts` restarts of the same worker
-  the run stops with `EnvWorkerError` naming the worker and the cause.
+  the run stops with `EnvWorkerError` naming the worker and the cause. Each
+  restart prints one `warning:` line (`BatchEnv.say`, stderr by default) and
+  counts in `BatchEnv.restarts` (the trainer logs it as `env/restarts`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import time
 import traceback
 import warnings
@@ -90,6 +93,10 @@ class _SharedBatch:
             except (FileNotFoundError, BufferError):
                 pass
         self.blocks.clear()
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _nbytes(space: Space) -> int:
@@ -207,7 +214,8 @@ class BatchEnv:
     of fresh arrays `[N, ...]` (the caller owns them) with the keys of
     `obs_space`; env i is `ctor(config, i)`, seeded by its index. Each call
     waits for all envs. A restarted worker shows up as one row with
-    `is_last=True` and then `is_first=True`; `restart_log` lists the causes.
+    `is_last=True` and then `is_first=True`; `restart_log` lists the causes,
+    `restarts` counts them and `say(line)` reports each one as it happens.
     """
 
     def __init__(
@@ -249,6 +257,7 @@ class BatchEnv:
         self._restarts = [0] * self._num
         self._curriculum_cache: list = [None] * self._num
         self.restart_log: list[tuple[int, str]] = []  # (worker index, cause) of each restart
+        self.say: Callable[[str], None] = _to_stderr  # where a restart's warning line goes
 
         if self._parallel == "none":
             self._envs = [ctor(config, i) for i in range(self._num)]
@@ -286,6 +295,11 @@ class BatchEnv:
 
     def __len__(self) -> int:
         return self._num
+
+    @property
+    def restarts(self) -> int:
+        """Workers restarted so far (deaths and hangs), all workers together."""
+        return len(self.restart_log)
 
     @property
     def worker_pids(self) -> list[int | None]:
@@ -533,6 +547,9 @@ class BatchEnv:
             self._attach(i)
         if self._curriculum_cache[i] is not None:
             self._call(i, "load_curriculum_state", (self._curriculum_cache[i],))
+        self.say(f"warning: env worker {i}: {cause}; restarted it as pid {self._pids[i]} (restart "
+                 f"{self._restarts[i]} of at most {self._max_restarts} for this worker); the episode it was running "
+                 "was cut short.")
         last = self._last_obs[i]
         if last is None or bool(np.asarray(last.get("is_last", False))):
             # No running episode to end (none yet, or it ended on the last step): start one now and hand

@@ -16,7 +16,8 @@ import numpy as np
 
 
 def table() -> str:
-    """The rodent tasks, then the benchmark tasks (dm_control suite) in a section of their own."""
+    """The rodent tasks, then the benchmark tasks (dm_control suite) in a section of their own, then one line per
+    task file that failed to load."""
     from tasks import registry
 
     entries = registry.entries()
@@ -32,6 +33,9 @@ def table() -> str:
     if benchmarks:
         lines += ["", "benchmark tasks (dm_control suite, to compare with published DreamerV3 scores):",
                   f"{'name':<{width}}  {'domain':<{wwidth}}  description"] + benchmarks
+    problems = registry.problems()
+    if problems:
+        lines += ["", "task files with problems (their tasks are not listed above):"] + [f"  {p}" for p in problems]
     return "\n".join(lines)
 
 
@@ -67,11 +71,19 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=0, help="zero-action steps before the snapshot")
     parser.add_argument("--camera", default=None, help="third-person camera name (default: one tracking the walker)")
     args = parser.parse_args(argv)
-    if args.show:
-        show(args.show, args.out, size=args.size, steps=args.steps, camera=args.camera)
-        print(f"saved {args.out}: left the {args.size}x{args.size} egocentric image (upscaled), right a third-person view")
-    else:
-        print(table())
+    from dreamer_rodent.config import ConfigError
+    from tasks.registry import TaskConfigError, UnknownTaskError
+
+    try:
+        if args.show:
+            show(args.show, args.out, size=args.size, steps=args.steps, camera=args.camera)
+            print(f"saved {args.out}: left the {args.size}x{args.size} egocentric image (upscaled), right a "
+                  "third-person view")
+        else:
+            print(table())
+    except (UnknownTaskError, TaskConfigError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

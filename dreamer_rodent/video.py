@@ -9,8 +9,9 @@ yuv420p, which needs even frame sizes).
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
-import warnings
+import sys
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -178,6 +179,38 @@ def stack_rows(videos: np.ndarray, gap: int = 2) -> np.ndarray:
     return np.concatenate(rows, axis=1)
 
 
+def fork_safe_ffmpeg() -> None:
+    """Makes imageio-ffmpeg start ffmpeg without running Python between fork and exec.
+
+    imageio-ffmpeg keeps Ctrl-C away from ffmpeg with `preexec_fn=os.setpgrp`; a
+    preexec_fn makes subprocess fork and run Python code in the child, which in a
+    process with JAX's threads can deadlock (JAX warns "os.fork() was called").
+    `process_group=0` (Python 3.11+; `start_new_session` before) puts ffmpeg in
+    its own process group in C between fork and exec, so Ctrl-C still does not
+    reach it. Idempotent; a no-op if imageio-ffmpeg changes its internals.
+    """
+    try:
+        from imageio_ffmpeg import _io
+    except ImportError:
+        return
+    original = getattr(_io, "_popen_kwargs", None)
+    if original is None or getattr(original, "fork_safe", False):
+        return
+
+    def popen_kwargs(*args, **kwargs):
+        options = dict(original(*args, **kwargs))
+        if options.get("preexec_fn") is getattr(os, "setpgrp", object()):
+            options["preexec_fn"] = None
+            if sys.version_info >= (3, 11):
+                options["process_group"] = 0
+            else:
+                options["start_new_session"] = True
+        return options
+
+    popen_kwargs.fork_safe = True
+    _io._popen_kwargs = popen_kwargs
+
+
 class VideoWriter:
     """Appends frames to an H.264 MP4 through imageio-ffmpeg.
 
@@ -188,6 +221,8 @@ class VideoWriter:
 
     def __init__(self, path, fps: float, quality: int = 8):
         import imageio.v2 as imageio
+
+        fork_safe_ffmpeg()
 
         if not fps or fps <= 0:
             raise VideoError(f"video fps must be positive, got {fps}.")
@@ -216,14 +251,7 @@ class VideoWriter:
                 f"frame {self.frames} of {self.path} is {frame.shape[1]}x{frame.shape[0]} but the video is "
                 f"{self.size[1]}x{self.size[0]}: every frame of one video must have the same size."
             )
-        if self.frames == 0:
-            with warnings.catch_warnings():
-                # The first frame starts ffmpeg through subprocess (fork then exec at once, no Python in
-                # the child), which JAX's os.fork warning cannot tell from an unsafe fork.
-                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-                self._writer.append_data(frame)
-        else:
-            self._writer.append_data(frame)
+        self._writer.append_data(frame)  # the first frame starts ffmpeg (see fork_safe_ffmpeg)
         self.frames += 1
 
     def extend(self, frames: Iterable[np.ndarray]) -> None:

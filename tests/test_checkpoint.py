@@ -162,3 +162,43 @@ def test_saving_the_same_step_again_keeps_the_complete_one(tmp_path):
     path = saver.save(10, _arrays(2.0), _state(10), config, _replay(10))
     assert (tmp_path / "checkpoints" / "ckpt_000000010.corrupt").is_dir()
     np.testing.assert_array_equal(ckpt.load(path).arrays["enc/w"], _arrays(2.0)["enc/w"])
+
+
+def _replace_keeping_the_manifest(checkpoint, name, data: bytes):
+    """Writes `data` as checkpoint/name and updates its size and sha256 in the manifest, as a faulty writer would."""
+    (checkpoint / name).write_bytes(data)
+    manifest = json.loads((checkpoint / "MANIFEST.json").read_text())
+    manifest["files"][name] = {"bytes": len(data), "sha256": ckpt.file_digest(checkpoint / name)}
+    (checkpoint / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def test_files_that_match_the_manifest_but_do_not_parse_are_corrupt_and_fall_back(tmp_path):
+    import io
+    import pickle
+
+    config = build_config(["debug"])
+    saver = ckpt.Checkpointer(tmp_path, keep=3)
+    saver.save(10, _arrays(1.0), _state(10), config, _replay(10))
+    newest = saver.save(20, _arrays(2.0), _state(20), config, _replay(20))
+    _replace_keeping_the_manifest(newest, "agent.npz", pickle.dumps(_arrays(2.0)))
+    with pytest.raises(ckpt.CheckpointError, match=r"ckpt_000000020 is corrupt: agent.npz matches its sha256 in the "
+                                                   r"manifest but is not a numpy .npz archive of arrays \(it is a Python pickle"):
+        ckpt.load(newest)
+    warned = []
+    loaded = saver.load_latest(warn=warned.append)
+    assert loaded.step == 10 and len(warned) == 1
+    assert "ckpt_000000020 is corrupt: agent.npz" in warned[0] and "Falling back to the previous checkpoint" in warned[0]
+    assert (tmp_path / "checkpoints" / "ckpt_000000020.corrupt" / "agent.npz").exists()  # kept for inspection
+    # A plain .npy, and a state.json that is not JSON: the same error, naming the file.
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(3))
+    _replace_keeping_the_manifest(loaded.path, "agent.npz", buffer.getvalue())
+    with pytest.raises(ckpt.CheckpointError, match="agent.npz .* single .npy array"):
+        ckpt.load(loaded.path)
+    with pytest.raises(ckpt.CheckpointError, match="no complete checkpoint"):
+        saver.load_latest(warn=warned.append)
+    assert "Falling back" not in warned[-1]  # nothing older was left to fall back to
+    later = saver.save(30, _arrays(3.0), _state(30), config)
+    _replace_keeping_the_manifest(later, "state.json", b"{not json")
+    with pytest.raises(ckpt.CheckpointError, match="state.json matches its sha256 in the manifest but is not JSON"):
+        ckpt.load(later)

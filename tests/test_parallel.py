@@ -129,14 +129,22 @@ def _actions_like(rng, reset):
 def test_killed_worker_is_restarted_and_its_episode_ends():
     rng = np.random.default_rng(1)
     with BatchEnv(_config(envs=2), step_timeout=60, max_restarts=1) as env:
+        said = []
+        env.say = said.append
         for _ in range(3):
             before = env.step(_actions(env, rng))
         states = env.curriculum_states()
         victim = env.worker_pids[1]
+        assert env.restarts == 0
         os.kill(victim, signal.SIGKILL)
         start = time.monotonic()
         ended = env.step(_actions(env, rng))
         assert time.monotonic() - start < 60
+        # One warning line: which worker, how it died, that it was restarted; and the count the trainer logs.
+        assert said == [f"warning: env worker 1: its process (pid {victim}) was killed by SIGKILL while stepping; "
+                        f"restarted it as pid {env.worker_pids[1]} (restart 1 of at most 1 for this worker); the "
+                        "episode it was running was cut short."]
+        assert env.restarts == 1
         assert list(ended["is_last"]) == [False, True]
         assert not ended["is_terminal"][1] and ended["reward"][1] == 0
         np.testing.assert_array_equal(ended["target"][1], before["target"][1])  # its last observation

@@ -32,7 +32,7 @@ def _env(**extra):
     return env
 
 
-def _run(args, timeout=170, **env):
+def _run(args, timeout=600, **env):  # a guard against a hang, not a speed test
     return subprocess.run([sys.executable, "-m", "dreamer_rodent.train", *args], cwd=ROOT, env=_env(**env),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -76,9 +76,9 @@ def finished_run(tmp_path_factory):
 
 
 def test_tiny_run_writes_checkpoint_metrics_and_tensorboard(finished_run):
-    rundir, result, seconds = finished_run
+    rundir, result, _ = finished_run
     assert result.returncode == 0, result.stderr[-3000:]
-    assert seconds < 120, f"the tiny run took {seconds:.0f} s"
+    # No bound on `seconds`: on a loaded machine the same run took 35 s once and 131 s the next time (issue 15).
     assert f"Run directory: {rundir}" in result.stdout
     assert f"tensorboard --logdir {rundir}" in result.stdout
     assert "Finished 300 env steps" in result.stdout
@@ -99,8 +99,9 @@ def test_tiny_run_writes_checkpoint_metrics_and_tensorboard(finished_run):
     assert all("step" in line for line in lines)
     keys = set().union(*lines)
     for key in ["episode/score", "episode/length", "episode/success", "curriculum/level", "fps/policy",
-                "fps/train", "replay/size", "replay/bytes", "train/loss/total", "train/loss/world_model"]:
+                "fps/train", "replay/size", "replay/bytes", "train/loss/total", "train/loss/world_model", "env/restarts"]:
         assert key in keys, key
+    assert all(line.get("env/restarts", 0) == 0 for line in lines)  # no env worker died in this run
     assert lines[-1]["step"] == 300 or lines[-2]["step"] == 300
 
     scalars, images = _events(rundir)
@@ -469,3 +470,46 @@ def test_platform_auto_is_the_default_and_picks_a_usable_device():
     assert devices and devices[0].platform == "cpu"
     with pytest.raises(ConfigError, match="jax.platform must be one of auto, cpu, gpu, tpu"):
         distributed.setup(build_config([], {"jax.platform": "gpus"}))
+
+
+def test_resume_skips_a_checkpoint_whose_agent_npz_is_a_pickle(tmp_path, capsys):
+    """The manifest matches, but agent.npz does not parse: resume warns, moves it aside and uses the one before;
+    with no good one left it is one error line."""
+    import pickle
+
+    from dreamer_rodent import checkpoint as ckpt
+    from dreamer_rodent.config import Config
+
+    rundir = tmp_path / "run"
+    args = [*FAST, "--logdir", str(rundir), "--run.steps", "20", "--run.prefill", "20", "--run.envs", "1",
+            "--run.env_parallel", "none", "--logging.tensorboard", "false"]
+    assert main(args) == 0
+    good = ckpt.load(rundir)
+    state = dict(good.state, counters={**good.state["counters"], "env_steps": 40})
+    bad = ckpt.Checkpointer(rundir).save(40, good.arrays, state, Config.load(good.path / "config.yaml"))
+
+    def pickled(path):
+        (path / "agent.npz").write_bytes(pickle.dumps(good.arrays))
+        manifest = json.loads((path / "MANIFEST.json").read_text())
+        manifest["files"]["agent.npz"] = {"bytes": (path / "agent.npz").stat().st_size,
+                                          "sha256": ckpt.file_digest(path / "agent.npz")}
+        (path / "MANIFEST.json").write_text(json.dumps(manifest))
+
+    pickled(bad)
+    capsys.readouterr()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning: checkpoint")]
+    assert len(warnings) == 1, captured.err
+    assert warnings[0].startswith(f"warning: checkpoint {bad} is corrupt: agent.npz matches its sha256 in the "
+                                  "manifest but is not a numpy .npz archive of arrays (it is a Python pickle, "
+                                  "which checkpoints never load)")
+    assert f"moved to {bad}.corrupt. Falling back to the previous checkpoint." in warnings[0]
+    assert f"Resumed from {good.path} at env step 20 " in captured.out
+    assert "Traceback" not in captured.err
+    pickled(good.path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\nerror: ") + err.startswith("error: ") == 1 and "Traceback" not in err
+    assert f"error: no complete checkpoint in {rundir / 'checkpoints'}: checkpoint {good.path} is corrupt: agent.npz" in err
+    assert (rundir / "checkpoints" / "ckpt_000000020.corrupt" / "agent.npz").exists()  # kept, not deleted

@@ -111,3 +111,26 @@ def test_label_columns_and_stack_rows():
     assert labelled[: labelled.shape[0] - 18].max() > 0  # the header has text
     with pytest.raises(video.VideoError, match=r"\[B, T, H, W, C\]"):
         video.stack_rows(np.zeros((3, 8, 8, 3)))
+
+
+def test_ffmpeg_starts_without_python_in_the_forked_child(tmp_path):
+    """imageio-ffmpeg's preexec_fn ran Python between fork and exec: in a process with JAX's threads a deadlock
+    risk, which JAX reported as 'os.fork() was called' in the eval and video tests."""
+    import warnings
+
+    import imageio_ffmpeg._io
+    import jax.numpy as jnp
+
+    jnp.zeros(1).block_until_ready()  # JAX's threads and its at-fork warning are up
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert video.write_video(tmp_path / "a.mp4", [_frame(32, 32)] * 3, fps=25) == 3
+        reader = imageio.get_reader(str(tmp_path / "a.mp4"))  # imageio's own reader starts ffmpeg the same way
+        try:
+            assert reader.get_data(2).shape == (32, 32, 3)
+        finally:
+            reader.close()
+    assert not [w for w in caught if "os.fork() was called" in str(w.message)]
+    options = imageio_ffmpeg._io._popen_kwargs(prevent_sigint=True)
+    # Still its own process group (Ctrl-C stays with the parent), set up in C with no Python in the child.
+    assert options["preexec_fn"] is None and (options.get("process_group") == 0 or options.get("start_new_session"))
