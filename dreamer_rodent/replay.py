@@ -197,6 +197,7 @@ class Replay:
         """`batch` sequences of `length` consecutive steps, each from one stream (queued new ones first)."""
         out = None
         rows = 0
+        self.last_positions: list[tuple[int, int]] = []  # (stream, first index) of each row, for `write`
         while self._queue and rows < batch:
             stream, start = self._queue.popleft()
             chunks = self._streams.get(stream)
@@ -205,6 +206,7 @@ class Replay:
             if out is None:
                 out = {k: np.empty((batch, self.length) + shape, dtype) for k, (shape, dtype) in self._spec.items()}
             self._copy(stream, start, out, rows)
+            self.last_positions.append((stream, start))
             rows += 1
         if rows == batch:
             return out
@@ -238,7 +240,24 @@ class Replay:
             stream = streams[i]
             first = self._streams[stream][0].start
             self._copy(stream, first + offset, out, b)
+            self.last_positions.append((stream, first + offset))
         return out
+
+    def write(self, positions, values: Mapping[str, np.ndarray], offset: int = 0) -> None:
+        """Overwrites stored steps in place: row i of `values[key]` ([rows, T, ...]) goes to the T steps from
+        `positions[i]` + `offset` of its stream (e.g. refreshed latents after an update). Steps evicted since
+        are skipped. Full chunks already on disk keep their saved values (a resume loads those)."""
+        for row, (stream, index) in enumerate(positions):
+            chunks, starts = self._streams.get(stream), self._starts.get(stream)
+            if not chunks:
+                continue
+            for key, array in values.items():
+                for t in range(array.shape[1]):
+                    step = index + offset + t
+                    k = bisect.bisect_right(starts, step) - 1
+                    if k < 0 or step - chunks[k].start >= chunks[k].size:
+                        continue
+                    chunks[k].data[key][step - chunks[k].start] = array[row, t]
 
     def _copy(self, stream: int, index: int, out: dict, row: int) -> None:
         chunks, starts = self._streams[stream], self._starts[stream]

@@ -25,6 +25,12 @@ def make(flags=None, image=False):
     return agent, batch
 
 
+@pytest.fixture(scope="module")
+def default():
+    """One debug agent (backprop actor gradients), shared by the tests that only read it."""
+    return make({"agent.actor_grad": "backprop"})
+
+
 def trained_params(agent, batch):
     """The initial parameters with the zero-initialised output layers of reward and critic set to small random
     values, as a few updates would: with exactly zero output weights no gradient reaches what feeds them."""
@@ -40,7 +46,7 @@ def grad_norms(agent, params, batch, metrics_names):
     state = agent._state
 
     def terms(p):
-        _, (metrics, _, _) = agent._loss(p, state["slow"], state["retnorm"], batch, agent._zero_carry(B),
+        _, (metrics, _, _, _) = agent._loss(p, state["slow"], state["retnorm"], batch, agent._zero_carry(B),
                                          jax.random.PRNGKey(3))
         return jnp.stack([metrics[m] for m in metrics_names])
 
@@ -73,9 +79,9 @@ def test_each_loss_reaches_only_its_own_modules(actor_grad, repval_grad):
                 assert norms[metric][module] == 0.0, (metric, module, norms[metric])
 
 
-def test_backprop_actor_does_not_differentiate_through_its_own_future_inputs():
+def test_backprop_actor_does_not_differentiate_through_its_own_future_inputs(default):
     """d a_1 / d actor params is only the direct path: the actor's input feat_1 carries no gradient back to a_0."""
-    agent, batch = make({"agent.actor_grad": "backprop"})
+    agent, batch = default
     params = trained_params(agent, batch)
     n = 6
     deter = jax.random.normal(jax.random.PRNGKey(0), (n, agent.spec["deter"]))
@@ -101,8 +107,8 @@ def test_backprop_actor_does_not_differentiate_through_its_own_future_inputs():
                          ["actor_out"]["Dense_0"]["kernel"]).max()) > 0
 
 
-def test_an_action_outside_the_box_enters_the_dynamics_clipped_with_a_scaled_gradient():
-    agent, batch = make()
+def test_an_action_outside_the_box_enters_the_dynamics_clipped_with_a_scaled_gradient(default):
+    agent, batch = default
     params = agent._state["params"]
     deter = jax.random.normal(jax.random.PRNGKey(0), (1, agent.spec["deter"]))
     stoch = jnp.zeros((1, agent.spec["stoch"], agent.spec["classes"])).at[..., 0].set(1.0)
@@ -114,8 +120,8 @@ def test_an_action_outside_the_box_enters_the_dynamics_clipped_with_a_scaled_gra
     np.testing.assert_allclose(d_two, 0.5 * d_one, rtol=1e-5, atol=1e-8)  # gradient scaled by 1/|a|
 
 
-def test_reward_and_critic_start_at_exactly_zero_and_read_the_raw_space_mean():
-    agent, _ = make()
+def test_reward_and_critic_start_at_exactly_zero_and_read_the_raw_space_mean(default):
+    agent, _ = default
     params = agent._state["params"]
     feat = jax.random.normal(jax.random.PRNGKey(0), (32, agent.spec["deter"] + agent.spec["stoch"] *
                                                      agent.spec["classes"]))
@@ -130,7 +136,7 @@ def test_loss_scales_of_the_config_are_the_ones_applied():
              "agent.loss_scales.repval": 0.2, "agent.loss_scales.rec": 0.25, "agent.rec_scales.task": 4.0}
     agent, batch = make(flags)
     state = agent._state
-    _, (metrics, _, _) = jax.jit(agent._loss)(state["params"], state["slow"], state["retnorm"], batch,
+    _, (metrics, _, _, _) = jax.jit(agent._loss)(state["params"], state["slow"], state["retnorm"], batch,
                                               agent._zero_carry(B), jax.random.PRNGKey(0))
     metrics = {k: float(v) for k, v in metrics.items()}
     sc = agent.ac.loss_scales
@@ -142,8 +148,8 @@ def test_loss_scales_of_the_config_are_the_ones_applied():
     np.testing.assert_allclose(metrics["loss/total"], total, rtol=1e-5)
 
 
-def test_continue_target_is_one_minus_is_terminal():
-    agent, batch = make()
+def test_continue_target_is_one_minus_is_terminal(default):
+    agent, batch = default
     batch = dict(batch, is_terminal=jnp.asarray(np.asarray(batch["is_terminal"])))
     params = trained_params(agent, batch)
     _, metrics, (_, _, feat), _ = agent._wm_losses(params, batch, agent._zero_carry(B), jax.random.PRNGKey(0))
@@ -171,15 +177,15 @@ def test_two_learning_rates_and_the_slow_critic_ema():
             np.testing.assert_allclose(s1, s0 + 0.25 * (p - s0), rtol=1e-5, atol=1e-7)
 
 
-def test_actor_output_starts_small_and_policy_near_its_centre():
-    agent, _ = make()
+def test_actor_output_starts_small_and_policy_near_its_centre(default):
+    agent, _ = default
     kernel = np.asarray(agent._state["params"]["actor_out"]["Dense_0"]["kernel"])
     fan_in = kernel.shape[0]
     assert 0.7 < kernel.std() * np.sqrt(fan_in) / 0.01 < 1.3, kernel.std() * np.sqrt(fan_in)
 
 
-def test_imagination_starts_from_every_replayed_state_and_weights_the_first_by_its_continue_flag():
-    agent, batch = make()
+def test_imagination_starts_from_every_replayed_state_and_weights_the_first_by_its_continue_flag(default):
+    agent, batch = default
     params = trained_params(agent, batch)
     _, _, (deter, stoch, feat), _ = agent._wm_losses(params, batch, agent._zero_carry(B), jax.random.PRNGKey(0))
     _, metrics, _ = agent._ac_losses(params, agent._state["slow"], agent._state["retnorm"], batch, deter, stoch,

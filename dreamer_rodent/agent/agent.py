@@ -234,6 +234,7 @@ class Agent:
         }
         self._state = self._replicate(state)
         self._policy_key = policy_key
+        self._posterior = None
         self._train = jax.jit(self._train_step, donate_argnums=(0, 1))
         self._policy = jax.jit(self._policy_step, static_argnames=("sample",))
         self._report = jax.jit(self._report_step)
@@ -254,14 +255,43 @@ class Agent:
     def init_train(self, batch_size: int):
         return self._put(self._zero_carry(batch_size), self._sharded, batch_size)
 
-    def train(self, carry, batch):
+    def train(self, carry, batch, context=None):
+        """One update on `batch` [B, T]. Each row starts from the zero latent, or, given `context` (the replayed
+        step before each row, with the latents the replay keeps: see `latent_record`), from that step's latent
+        and action, so that no row's first states are the unsettled posterior of a blank start."""
         batch = self._train_batch(batch)
         size = batch["is_first"].shape[0]
-        if not self.ac.train_carry:
+        if context is not None:
+            carry = self._context_carry(context)
+        elif not self.ac.train_carry:
             carry = self._zero_carry(size)
         carry = self._put(carry, self._sharded, size)
-        self._state, carry, metrics = self._train(self._state, carry, batch)
+        self._state, carry, metrics, self._posterior = self._train(self._state, carry, batch)
         return carry, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+    def latent_record(self, carry=None, size: int | None = None) -> dict[str, np.ndarray]:
+        """The latents a replay keeps per step: from a policy carry, or blank (`latent/valid` False) for `size` steps."""
+        s = self.spec
+        if carry is None:
+            return {"latent/deter": np.zeros((size, s["deter"]), np.float16),
+                    "latent/stoch": np.zeros((size, s["stoch"]), np.uint8), "latent/valid": np.zeros(size, bool)}
+        deter, stoch = jax.device_get((carry["deter"], carry["stoch"]))
+        return {"latent/deter": np.asarray(deter, np.float16), "latent/stoch": np.argmax(stoch, -1).astype(np.uint8),
+                "latent/valid": np.ones(len(deter), bool)}
+
+    def posterior_record(self) -> dict[str, np.ndarray]:
+        """The last update's posterior latents of every replayed step [B, T, ...], in `latent_record`'s layout."""
+        post = jax.device_get(self._posterior)
+        return {"latent/deter": np.asarray(post["deter"]), "latent/stoch": np.asarray(post["stoch"]),
+                "latent/valid": np.ones(post["stoch"].shape[:2], bool)}
+
+    def _context_carry(self, context):
+        s = self.spec
+        valid = np.asarray(context["latent/valid"], np.float32)[:, None]
+        stoch = np.eye(s["classes"], dtype=np.float32)[np.asarray(context["latent/stoch"], np.int64)]
+        return {"deter": jnp.asarray(np.asarray(context["latent/deter"], np.float32) * valid),
+                "stoch": jnp.asarray(stoch * valid[..., None]),
+                "action": jnp.asarray(np.asarray(context["action"], np.float32) * valid)}
 
     def report(self, batch) -> dict:
         batch = self._train_batch(batch)
@@ -507,12 +537,14 @@ class Agent:
         metrics["alarm/reward_excess"] = metrics["imag/reward"] - metrics.pop("wm/reward_p95")
         metrics["loss/world_model"] = wm
         metrics["loss/total"] = wm + acl
-        return wm + acl, (metrics, retnorm, last)
+        # The posterior latents of every replayed step, compact, for a replay that keeps them (replay.context).
+        posterior = {"deter": deter.astype(jnp.float16), "stoch": jnp.argmax(stoch, -1).astype(jnp.uint8)}
+        return wm + acl, (metrics, retnorm, last, posterior)
 
     def _train_step(self, state, carry, batch):
         key, k_loss = jax.random.split(state["key"])
         params = state["params"]
-        grads, (metrics, retnorm, last) = jax.grad(self._loss, has_aux=True)(
+        grads, (metrics, retnorm, last, posterior) = jax.grad(self._loss, has_aux=True)(
             params, state["slow"], state["retnorm"], batch, carry, k_loss)
         updates, opt = self.opt.update(grads, state["opt"], params)
         params = optax.apply_updates(params, updates)
@@ -529,7 +561,7 @@ class Agent:
         metrics["opt/lr"] = self.schedules["model"](state["step"])
         metrics["opt/ac_lr"] = self.schedules["ac"](state["step"])
         new = {"params": params, "opt": opt, "slow": slow, "retnorm": retnorm, "step": state["step"] + 1, "key": key}
-        return new, sg(last), metrics
+        return new, sg(last), metrics, posterior
 
     def _policy_step(self, params, carry, obs, key, sample: bool):
         first = obs["is_first"]
@@ -550,7 +582,7 @@ class Agent:
         key_loss, key_obs, key_img = jax.random.split(jax.random.fold_in(state["key"], 1), 3)
         B = batch["is_first"].shape[0]
         carry = self._zero_carry(B)
-        _, (metrics, _, _) = self._loss(params, state["slow"], state["retnorm"], batch, carry, key_loss)
+        _, (metrics, _, _, _) = self._loss(params, state["slow"], state["retnorm"], batch, carry, key_loss)
         videos = {}
         if self.spec["image"]:
             n = min(B, self.ac.report_batch)
