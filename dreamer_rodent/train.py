@@ -103,6 +103,10 @@ def config_warnings(config: Config) -> list[str]:
             f"random-action prefill steps and makes no update: the agent will not train. Raise --run.steps above "
             f"{_number(prefill)} or lower --run.prefill."
         )
+    from tasks import registry
+
+    for problem in registry.problems():  # this run's task is fine (check_config passed), but a plugin is broken
+        notes.append(f"task file {problem} (python -m dreamer_rodent.tasks lists the tasks that do load)")
     return notes
 
 
@@ -209,14 +213,17 @@ def replay_step_bytes(obs_space, act_space) -> int:
 def check_replay_memory(obs_space, act_space, config: Config, say=print) -> None:
     """A replay that cannot fit in RAM is an error now, not an out-of-memory kill hours later."""
     # The replay grows to the capacity or to the run's length, whichever is smaller.
-    need = replay_step_bytes(obs_space, act_space) * int(min(config.replay.capacity, config.run.steps))
+    per_step = replay_step_bytes(obs_space, act_space)
+    if config.replay.get("context", False):  # float16 deter, uint8 stoch indices and a valid flag per step
+        per_step += 2 * int(config.agent.rssm.deter) + int(config.agent.rssm.stoch) + 1
+    need = per_step * int(min(config.replay.capacity, config.run.steps))
     try:
         ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         ram = 0
     gib = 2**30
     if ram and need > 0.9 * ram:
-        fit = int(0.5 * ram / replay_step_bytes(obs_space, act_space))
+        fit = int(0.5 * ram / per_step)
         raise ConfigError(
             f"replay.capacity={int(config.replay.capacity):,} steps (run.steps={int(config.run.steps):,}) needs "
             f"{need / gib:.1f} GiB when full, but this "
@@ -277,8 +284,10 @@ class Trainer:
         self.counters = {"env_steps": 0, "train_steps": 0, "episodes": 0, "train_start": int(config.run.prefill),
                          "nonfinite": 0}
         self.saver = ckpt.Checkpointer(rundir, int(config.run.keep_checkpoints))
-        self.replay = Replay(self.length, int(config.replay.capacity), int(config.replay.chunk), seed=int(config.seed),
-                             online=bool(config.replay.online))
+        # replay.context: each replayed row comes with the step before it, whose stored latent starts the row.
+        self.context = bool(config.replay.context)
+        self.replay = Replay(self.length + int(self.context), int(config.replay.capacity), int(config.replay.chunk),
+                             seed=int(config.seed), online=bool(config.replay.online))
         self.envs = None
         self.logger = None
         self._curriculum: list = []
@@ -349,7 +358,10 @@ class Trainer:
         return path
 
     def _resume(self) -> None:
-        loaded = self.saver.load_latest()
+        # A damaged checkpoint (any file, even one matching its manifest that does not parse) is moved aside with
+        # a warning line and the previous one is used; with none left, the CheckpointError is the `error:` line.
+        loaded = self.saver.load_latest(warn=lambda message: print(f"warning: {message}", file=sys.stderr,
+                                                                   flush=True))
         if loaded is None:
             return
         ckpt.check_compatible(loaded.config, self.config, loaded.path)
@@ -405,6 +417,8 @@ class Trainer:
         progress = Progress(total, self.counters["env_steps"], bool(config.run.progress) and self.process_index == 0,
                             plain_every=min(60.0, float(config.run.log_every)))
         self.alarm.say = progress.write  # its warning lines go above the progress bar
+        if hasattr(self.envs, "say"):
+            self.envs.say = progress.write  # and so do those of a restarted env worker
         averages, recent = Averages(), Recent(20)
         timers = {"log": time.monotonic(), "save": time.monotonic(), "video": time.monotonic()}
         policy_time = train_time = 0.0
@@ -427,7 +441,12 @@ class Trainer:
             while self.counters["env_steps"] < total:
                 start = time.monotonic()
                 transition, finished = self.driver.step(policy)
-                self.replay.add_batch(agent_obs(transition), streams)
+                transition = agent_obs(transition)
+                if self.context:  # the policy's latent after seeing this step (blank during the random prefill)
+                    acting = self.counters["env_steps"] >= self.counters["train_start"]
+                    transition.update(self.agent.latent_record(pcarry) if acting else
+                                      self.agent.latent_record(size=len(self.envs)))
+                self.replay.add_batch(transition, streams)
                 self.counters["env_steps"] += len(self.envs)
                 policy_time += time.monotonic() - start
                 policy_steps += len(self.envs)
@@ -449,7 +468,14 @@ class Trainer:
                     start = time.monotonic()
                     while self.counters["train_steps"] < target:
                         batch = self.replay.sample(self.batch_size)
-                        tcarry, metrics = self.agent.train(tcarry, batch)
+                        if self.context:
+                            context = {k: v[:, 0] for k, v in batch.items()}
+                            tcarry, metrics = self.agent.train(tcarry, {k: v[:, 1:] for k, v in batch.items()},
+                                                               context=context)
+                            # Refresh the stored latents with this update's posteriors (DreamerV3 v2).
+                            self.replay.write(self.replay.last_positions, self.agent.posterior_record(), offset=1)
+                        else:
+                            tcarry, metrics = self.agent.train(tcarry, batch)
                         self.counters["train_steps"] += 1
                         train_steps += 1
                         if _finite(metrics):
@@ -537,6 +563,7 @@ class Trainer:
         metrics["replay/bytes"] = self.replay.nbytes
         metrics["counters/train_steps"] = self.counters["train_steps"]
         metrics["counters/episodes"] = self.counters["episodes"]
+        metrics["env/restarts"] = getattr(self.envs, "restarts", 0)  # env workers restarted since this process began
         metrics["alarm/exploitation"] = self.alarm.update(self.counters["env_steps"], metrics)
         self.logger.scalars(self.counters["env_steps"], metrics)
 

@@ -1,7 +1,8 @@
 """Learning curves: train a task for a budget of env steps per seed and chart it.
 
     python eval/learn.py --task ball_goto --steps 20000 --seeds 0 1 2 --out eval/results/ball_goto \
-        [--minutes M] [--threshold 0.9] [--window 20] [--level 0] [--baseline-episodes 20] [--plot-only] \
+        [--minutes M] [--threshold 0.9] [--window 20] [--level 0] [--baseline-episodes 20] \
+        [--baseline-levels 0 1 2] [--plot-only] \
         [--reference CSV] [-- --configs size1m proprio_only --run.envs 1 --run.env_parallel none ...]
 
 For each seed it runs `dreamer_rodent.train` in a child process (one run
@@ -10,30 +11,38 @@ checkpoints) with a small hook around the driver that appends every finished
 training episode to OUT/seed<S>/episodes.jsonl: env steps so far, wall-clock
 seconds since the child started (compilation included), return, success (the
 target was reached at least once: the task's targets_reached count > 0, which
-also sees targets reached inside an action repeat), curriculum level and
-targets reached. A task without a success metric (no `log/success`: the
-dm_control suite benchmarks) records success as null and gets return curves only.
+also sees targets reached inside an action repeat), `level` (the level the
+episode's targets were drawn at), `curriculum_level` (the curriculum's level
+then; above `level` for an easy episode), `easy`, targets reached, the reach
+rate `targets_per_min` (per minute of simulated time) and `first_reach_s`
+(simulated seconds to the first reach; null when none). A task without a success
+metric (no `log/success`: the dm_control suite benchmarks) records success as
+null and gets return curves only.
 
 The curve is the training episodes themselves (the stochastic training
 policy, random actions during the prefill); checkpoints are not evaluated
 separately, which on a 2-core CPU would cost as much as the training. A random
 policy baseline (uniform actions, same task and config, `--baseline-episodes`
-episodes) is rolled out once into OUT/random/episodes.jsonl.
+episodes) is rolled out once per level of `--baseline-levels` (default 0), the
+curriculum pinned there, into OUT/random/episodes.jsonl (level 0) and
+OUT/random_level<L>/episodes.jsonl.
 
 Written to OUT:
-  curve.csv    one row per episode and seed (seed "random" for the baseline), with
-               the success rate and mean return over the last `--window` episodes at
-               level `--level`
-  summary.csv  one row per seed and one for the random policy: steps and
-               wall-clock to the threshold, final (last window) and mean (all
-               episodes at the level) success rate and return, level, and the mean
-               return of the episodes that end in (90k, 100k] env steps
-               (`return_90k_100k`, the published scores' 100k point) and in the last
-               10% of the run's steps; with --reference one row per published method
-               (`ref:METHOD`) with its return_90k_100k
-  curve.png    success rate and return over the window against env steps, one
-               line per seed, the random policy dashed; with --reference the
-               published methods' mean over seeds with a light min-max band
+  curve.csv    one row per episode and seed (seed "random", "random_level<L>" for the
+               baselines), with the success rate, mean return and mean reach rate over
+               the last `--window` episodes at level `--level` (a baseline's own level)
+  summary.csv  one row per seed and one per random baseline, `level` being the level
+               its rates are at: steps and wall-clock to the threshold, final (last
+               window) and mean (all episodes at the level) success rate, return and
+               targets per minute, mean time to first reach, final and max curriculum
+               level, easy episodes, and the mean return of the episodes that end in
+               (90k, 100k] env steps (`return_90k_100k`, the published scores' 100k
+               point) and in the last 10% of the run's steps; with --reference one
+               row per published method (`ref:METHOD`) with its return_90k_100k
+  curve.png    success rate, return and targets per minute over the window, and the
+               curriculum level, against env steps, one line per seed, the random
+               policy (at `--level`) dashed; with --reference the published methods'
+               mean over seeds with a light min-max band
 
 Steps-to-threshold: the env step at the end of the first episode at which the
 success rate over the last `--window` episodes at level `--level` (only
@@ -81,71 +90,130 @@ def _scores(episode: dict, has_success: bool = True) -> dict:
     """
     targets = episode.get("targets_reached")
     success = float(episode["success"] > 0 or (targets is not None and targets > 0)) if has_success else None
-    return {"return": episode["score"], "length": episode["length"], "success": success,
-            "level": episode.get("curriculum_level", 0.0), "env": episode["env"],
-            "targets": float("nan") if targets is None else targets}
+    current = episode.get("curriculum_level", 0.0)
+    record = {"return": episode["score"], "length": episode["length"], "success": success,
+              # The level the episode's targets were drawn at (an easy episode's is below the curriculum's).
+              "level": episode.get("curriculum_episode_level", current), "curriculum_level": current,
+              "easy": episode.get("curriculum_easy", 0.0), "env": episode["env"],
+              "targets": float("nan") if targets is None else targets}
+    if "targets_per_min" in episode:
+        first = episode.get("first_reach_s")
+        record["targets_per_min"] = episode["targets_per_min"]
+        record["first_reach_s"] = first if first is not None and math.isfinite(first) else None  # None: no reach
+    return record
 
 
-def _worker(rundir: str, train_argv: list[str], minutes: float = 0.0) -> int:
+def budget_spent(start: float, now: float, minutes: float) -> bool:
+    """Whether a wall-clock budget of `minutes` (0: none) that began at `start` is used up at `now` (seconds)."""
+    return minutes > 0 and now - start >= minutes * 60.0
+
+
+def episode_hook(step, out, clock, start: float, minutes: float = 0.0, stop=None):
+    """`Driver.step` wrapped: appends each finished episode to `out` (one JSON line, `wall_s` from `clock`) and, at
+    the first step that finds the `minutes` budget spent, calls `stop()` once. Returns the wrapper; its `steps`
+    dict counts the env steps taken."""
+    steps = {"n": 0, "stopped": False}
+
+    def wrapped(self, policy):
+        transition, finished = step(self, policy)
+        steps["n"] += self.num
+        now = clock()
+        for episode in finished:
+            record = {"env_steps": steps["n"], "wall_s": round(now - start, 3),
+                      **_scores(episode, "log/success" in self.env.obs_space)}
+            out.write(json.dumps(record) + "\n")
+        if stop is not None and not steps["stopped"] and budget_spent(start, now, minutes):
+            steps["stopped"] = True
+            stop(steps["n"])
+        return transition, finished
+
+    wrapped.steps = steps
+    return wrapped
+
+
+def _stop_by_sigterm(env_steps: int) -> None:
+    """Ends the run as SIGTERM does (train saves a checkpoint and returns 0). Called from inside the training loop,
+    so train's handler is installed."""
+    import signal
+
+    print(f"learn.py: the --minutes budget is spent at env step {env_steps}; stopping the run.", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(rundir: str, train_argv: list[str], minutes: float = 0.0, clock=time.monotonic,
+            stop=_stop_by_sigterm) -> int:
     """Runs dreamer_rodent.train.main with Driver.step wrapped to log episodes.
 
-    minutes > 0: a wall-clock budget; when it is spent the child sends itself
-    SIGTERM, which train handles by saving a checkpoint and returning 0.
+    minutes > 0: a wall-clock budget, compilation included, checked after every
+    env step (`budget_spent`); when it is spent, `stop` ends the run (by default
+    a SIGTERM to this process, which train handles by saving a checkpoint and
+    returning 0). `clock` is injectable so that the budget is testable without
+    waiting.
     """
-    start = time.monotonic()
-    if minutes > 0:
-        import signal
-        import threading
-
-        def stop():
-            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # train's handler not installed yet
-                again = threading.Timer(1.0, stop)
-                again.daemon = True
-                again.start()
-            else:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        timer = threading.Timer(minutes * 60.0, stop)
-        timer.daemon = True
-        timer.start()
+    start = clock()
     from dreamer_rodent import driver as driver_lib
     from dreamer_rodent import train
 
     path = pathlib.Path(rundir) / EPISODES
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = open(path, "a", buffering=1)
     original = driver_lib.Driver.step
-    steps = {"n": 0}
-
-    def step(self, policy):
-        transition, finished = original(self, policy)
-        steps["n"] += self.num
-        for episode in finished:
-            record = {"env_steps": steps["n"], "wall_s": round(time.monotonic() - start, 3),
-                      **_scores(episode, "log/success" in self.env.obs_space)}
-            out.write(json.dumps(record) + "\n")
-        return transition, finished
-
-    driver_lib.Driver.step = step
-    code = train.main(train_argv + ["--logdir", rundir])
-    out.close()
+    with open(path, "a", buffering=1) as out:
+        hook = episode_hook(original, out, clock, start, minutes, stop)
+        driver_lib.Driver.step = hook
+        try:
+            code = train.main(train_argv + ["--logdir", rundir])
+        finally:
+            driver_lib.Driver.step = original
     if code == 0:
-        (pathlib.Path(rundir) / DONE).write_text(json.dumps({"wall_s": time.monotonic() - start,
-                                                              "env_steps": steps["n"]}) + "\n")
+        (pathlib.Path(rundir) / DONE).write_text(json.dumps({"wall_s": clock() - start,
+                                                              "env_steps": hook.steps["n"]}) + "\n")
     return code
 
 
-def random_baseline(train_argv: list[str], out_dir: pathlib.Path, episodes: int) -> list[dict]:
-    """Uniform random actions in the same task and config for `episodes` episodes."""
+def baseline_name(level: int) -> str:
+    """The random policy's run directory and summary row at `level`: `random` at level 0 (the name from before
+    baselines had levels), `random_level<L>` at the others."""
+    return "random" if int(level) == 0 else f"random_level{int(level)}"
+
+
+def baseline_level(name: str) -> int | None:
+    """The level of a baseline named by `baseline_name` (None: not a baseline)."""
+    if name == "random":
+        return 0
+    if name.startswith("random_level") and name[len("random_level"):].isdigit():
+        return int(name[len("random_level"):])
+    return None
+
+
+def check_baseline_levels(train_argv: list[str], levels: Sequence[int]) -> None:
+    """Every --baseline-levels entry names a curriculum level of the task's config (checked before training)."""
+    from dreamer_rodent.config import parse_args
+
+    config, _ = parse_args(train_argv)
+    count = len(config.task_kwargs.curriculum_levels)
+    wrong = [level for level in levels if not 0 <= level < count]
+    if wrong:
+        raise SystemExit(f"error: --baseline-levels {' '.join(map(str, wrong))}: the config has {count} curriculum "
+                         f"levels (0-{count - 1}, target distances {list(config.task_kwargs.curriculum_levels)} m).")
+
+
+def random_baseline(train_argv: list[str], out_dir: pathlib.Path, episodes: int, level: int | None = None) -> list[dict]:
+    """Uniform random actions in the same task and config for `episodes` episodes, the curriculum pinned to
+    `level` if given (`task_kwargs.level`)."""
     from dreamer_rodent.config import parse_args
     from dreamer_rodent.driver import Driver
     from dreamer_rodent.parallel import BatchEnv
 
+    if level is not None:
+        train_argv = list(train_argv) + ["--task_kwargs.level", str(int(level))]
     config, _ = parse_args(train_argv)
     start = time.monotonic()
     envs = BatchEnv(config, parallel="none")
     records = []
     try:
+        if level and "log/curriculum_level" not in envs.obs_space:
+            raise SystemExit(f"error: --baseline-levels {level}: task '{config.task}' has no curriculum; "
+                             "use --baseline-levels 0.")
         driver = Driver(envs, seed=int(config.seed) * 7919 + 1)
         has_success = "log/success" in envs.obs_space
         n = 0
@@ -188,6 +256,21 @@ def level_of(episode: dict) -> int:
     return int(round(episode.get("level", 0)))
 
 
+def curriculum_level_of(episode: dict) -> int:
+    """The curriculum's level during an episode (its own `level` for records from before easy episodes)."""
+    return int(round(episode.get("curriculum_level", episode.get("level", 0))))
+
+
+def has_rate(runs: dict[str, list[dict]]) -> bool:
+    """Whether the episodes carry the task's reach rate (targets per minute)."""
+    return any(e.get("targets_per_min") is not None for episodes in runs.values() for e in episodes)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(values) / len(values) if values else None
+
+
 def has_success(runs: dict[str, list[dict]]) -> bool:
     """Whether the task scores success (a task without log/success records None: return curves only)."""
     return any(e.get("success") is not None for episodes in runs.values() for e in episodes)
@@ -199,11 +282,12 @@ def success_rate(episodes: Sequence[dict]) -> float | None:
 
 
 def rolling(episodes: Sequence[dict], level: int, window: int) -> list[dict]:
-    """Each episode with the success rate and mean return over the last `window` episodes at `level`.
+    """Each episode with the success rate, mean return and mean reach rate over the last `window` episodes at `level`.
 
     Episodes at other levels get the values of the last window (or None before
     the first episode at the level); `full` says the window holds `window`
-    episodes. The success rate is None for a task without success.
+    episodes. The success rate is None for a task without success, the reach
+    rate (`targets_per_min_mean`) for a task without it.
     """
     recent: list[dict] = []
     rows = []
@@ -213,7 +297,9 @@ def rolling(episodes: Sequence[dict], level: int, window: int) -> list[dict]:
             recent = recent[-window:]
         rate = success_rate(recent)
         ret = sum(e["return"] for e in recent) / len(recent) if recent else None
-        rows.append({**episode, "success_rate": rate, "return_mean": ret, "full": len(recent) == window})
+        reach = _mean(e.get("targets_per_min") for e in recent)
+        rows.append({**episode, "success_rate": rate, "return_mean": ret, "targets_per_min_mean": reach,
+                     "full": len(recent) == window})
     return rows
 
 
@@ -244,6 +330,7 @@ def summarize(name: str, episodes: Sequence[dict], level: int, window: int, thre
     steps = (done or {}).get("env_steps", episodes[-1]["env_steps"] if episodes else 0)
     return {
         "seed": name,
+        "level": level,
         "episodes": len(episodes),
         "episodes_at_level": len(at_level),
         "env_steps": steps,
@@ -254,27 +341,36 @@ def summarize(name: str, episodes: Sequence[dict], level: int, window: int, thre
         "final_return": round(sum(e["return"] for e in last) / len(last), 2) if last else "",
         "mean_success_rate": _rounded(success_rate(at_level), 3),
         "mean_return": round(sum(e["return"] for e in at_level) / len(at_level), 2) if at_level else "",
+        "final_targets_per_min": _rounded(_mean(e.get("targets_per_min") for e in last), 3),
+        "mean_targets_per_min": _rounded(_mean(e.get("targets_per_min") for e in at_level), 3),
+        "mean_first_reach_s": _rounded(_mean(e.get("first_reach_s") for e in at_level), 2),
         "return_90k_100k": _rounded(mean_return_between(episodes, 90_000, 100_000), 2),
         "return_last_10pct": _rounded(mean_return_between(episodes, 0.9 * steps, steps), 2),
-        "final_level": level_of(episodes[-1]) if episodes else "",
-        "max_level": max(level_of(e) for e in episodes) if episodes else "",
+        "final_level": curriculum_level_of(episodes[-1]) if episodes else "",
+        "max_level": max(curriculum_level_of(e) for e in episodes) if episodes else "",
+        "easy_episodes": sum(1 for e in episodes if e.get("easy")),
     }
 
 
-CURVE_FIELDS = ["seed", "episode", "env_steps", "wall_s", "return", "success", "level", "length", "targets",
-                "success_rate", "return_mean"]
-SUMMARY_FIELDS = ["seed", "episodes", "episodes_at_level", "env_steps", "wall_s", "steps_to_threshold",
+CURVE_FIELDS = ["seed", "episode", "env_steps", "wall_s", "return", "success", "level", "curriculum_level", "easy",
+                "length", "targets", "targets_per_min", "first_reach_s", "success_rate", "return_mean",
+                "targets_per_min_mean"]
+SUMMARY_FIELDS = ["seed", "level", "episodes", "episodes_at_level", "env_steps", "wall_s", "steps_to_threshold",
                   "wall_s_to_threshold", "final_success_rate", "final_return", "mean_success_rate", "mean_return",
-                  "return_90k_100k", "return_last_10pct", "final_level", "max_level"]
-# Columns about success, left out for a task without it.
+                  "final_targets_per_min", "mean_targets_per_min", "mean_first_reach_s",
+                  "return_90k_100k", "return_last_10pct", "final_level", "max_level", "easy_episodes"]
+# Columns about success (and targets), left out for a task without it.
 SUCCESS_FIELDS = {"success", "targets", "success_rate", "steps_to_threshold", "wall_s_to_threshold",
-                  "final_success_rate", "mean_success_rate"}
+                  "final_success_rate", "mean_success_rate", "targets_per_min", "first_reach_s",
+                  "targets_per_min_mean", "final_targets_per_min", "mean_targets_per_min", "mean_first_reach_s"}
 
 
 def write_csvs(out: pathlib.Path, runs: dict[str, list[dict]], level: int, window: int, threshold: float,
-               dones: dict[str, dict] | None = None, reference: dict | None = None) -> list[dict]:
+               dones: dict[str, dict] | None = None, reference: dict | None = None,
+               levels: dict[str, int] | None = None) -> list[dict]:
     """curve.csv and summary.csv for `runs` (name -> episodes) and the `reference` methods; returns the
-    summary rows. A task without success gets no success columns."""
+    summary rows. `levels` gives a run its own level for the rates (the random baselines pinned to a level);
+    the others use `level`. A task without success gets no success columns."""
     out.mkdir(parents=True, exist_ok=True)
     keep = (lambda field: True) if has_success(runs) else (lambda field: field not in SUCCESS_FIELDS)
     summaries = []
@@ -282,13 +378,17 @@ def write_csvs(out: pathlib.Path, runs: dict[str, list[dict]], level: int, windo
         writer = csv.DictWriter(f, [k for k in CURVE_FIELDS if keep(k)], extrasaction="ignore")
         writer.writeheader()
         for name, episodes in runs.items():
-            for i, row in enumerate(rolling(episodes, level, window)):
+            at = (levels or {}).get(name, level)
+            for i, row in enumerate(rolling(episodes, at, window)):
                 row = {**row, "seed": name, "episode": i}
-                for key in ("success_rate", "return_mean"):
+                for key in ("success_rate", "return_mean", "targets_per_min_mean"):
                     row[key] = "" if row[key] is None else round(row[key], 4)
                 row["return"] = round(row["return"], 3)
+                for key in ("targets_per_min", "first_reach_s"):
+                    value = row.get(key)
+                    row[key] = "" if value is None or not math.isfinite(value) else round(value, 4)
                 writer.writerow(row)
-            summaries.append(summarize(name, episodes, level, window, threshold, (dones or {}).get(name)))
+            summaries.append(summarize(name, episodes, at, window, threshold, (dones or {}).get(name)))
     for method, seeds in (reference or {}).items():
         value = mean_return_between([{"env_steps": x, "return": y} for points in seeds.values() for x, y in points],
                                     90_000, 100_000)
@@ -451,24 +551,26 @@ def _panel(draw, box, series, baseline, ylabel, xmax, ylim=None, threshold=None,
 
 def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: int, threshold: float, title: str,
          baseline: list[dict] | None = None, reference: dict | None = None) -> None:
-    """curve.png: rolling success rate and return at `level`, and the curriculum level, against env steps per seed;
-    random policy dashed; `reference` (read_reference's methods) as mean lines over min-max bands on the return.
-    A task without success gets the return panel only."""
+    """curve.png: rolling success rate, return and reach rate (targets per minute) at `level`, and the curriculum
+    level, against env steps per seed; random policy dashed; `reference` (read_reference's methods) as mean lines
+    over min-max bands on the return. A task without success gets the return panel only, one without a reach
+    rate (records from before it) no reach-rate panel."""
     from PIL import Image, ImageDraw
 
     import textwrap
 
     scored = has_success({**runs, "random": baseline or []})
+    rated = scored and has_rate({**runs, "random": baseline or []})
     lines = textwrap.wrap(title, 120) or [""]
     head = 14 * len(lines) + 26
     foot = 52 if reference else 30  # the legend: seeds and baseline, then the published methods on a line below
-    width, height = 1000, (940 if scored else 520) + head + foot - 30
+    width, height = 1000, (940 + 360 * rated if scored else 520) + head + foot - 30
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = _font(13)
     for i, line in enumerate(lines):
         draw.text((width / 2, 8 + 14 * i), line, fill=(0, 0, 0), font=_font(12), anchor="mt")
-    series_s, series_r, series_l = [], [], []
+    series_s, series_r, series_l, series_t = [], [], [], []
     xmax = 0.0
     for i, (name, episodes) in enumerate(runs.items()):
         rows = rolling(episodes, level, window)
@@ -479,7 +581,8 @@ def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: in
         here = [level_of(e) == level for e in episodes]
         series_s.append((name, xs, [r["success_rate"] if h else None for r, h in zip(rows, here)], color))
         series_r.append((name, xs, [r["return_mean"] if h else None for r, h in zip(rows, here)], color))
-        series_l.append((name, xs, [float(level_of(e)) for e in episodes], color))
+        series_t.append((name, xs, [r["targets_per_min_mean"] if h else None for r, h in zip(rows, here)], color))
+        series_l.append((name, xs, [float(curriculum_level_of(e)) for e in episodes], color))
     # The published curves, under the seeds' lines, over the steps our runs cover (all before any run has data).
     bands, references, published = [], [], []
     for i, (method, seeds) in enumerate((reference or {}).items()):
@@ -489,11 +592,12 @@ def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: in
         published.append((method, xs, means, color))
         references.append((method, len(seeds), color))
         xmax = xmax or max(xs, default=0.0)
-    base_s = base_r = None
+    base_s = base_r = base_t = None
     if baseline:
         at = [e for e in baseline if level_of(e) == level] or baseline
         base_s = success_rate(at)
         base_r = sum(e["return"] for e in at) / len(at)
+        base_t = _mean(e.get("targets_per_min") for e in at)
     ret_label = f"return (mean of last {window} " + (f"at level {level})" if scored else "episodes)")
     if scored:
         _panel(draw, (0, head, width, head + 360), series_s, base_s,
@@ -501,9 +605,16 @@ def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: in
                threshold=threshold, font=font)
         _panel(draw, (0, head + 360, width, head + 720), published + series_r, base_r, ret_label, xmax, font=font,
                bands=bands)
+        below = head + 720
+        if rated:
+            _panel(draw, (0, below, width, below + 360), series_t, base_t,
+                   f"targets reached per minute of simulated time (mean of last {window} at level {level})", xmax,
+                   font=font)
+            below += 360
         top_level = max([1.0] + [y for _, _, ys, _ in series_l for y in ys])
-        _panel(draw, (0, head + 720, width, height - foot), series_l, None, "curriculum level (of each episode)",
-               xmax, ylim=(-0.1, top_level + 0.1), font=font)
+        _panel(draw, (0, below, width, height - foot), series_l, None,
+               "curriculum level (the curriculum's, during each episode)", xmax, ylim=(-0.1, top_level + 0.1),
+               font=font)
     else:
         _panel(draw, (0, head, width, height - foot), published + series_r, base_r, ret_label, xmax, font=font,
                bands=bands)
@@ -557,20 +668,36 @@ def load_runs(out: pathlib.Path, seeds: Iterable[int]):
     return runs, dones
 
 
+def load_baselines(out: pathlib.Path) -> dict[int, tuple[str, list[dict], dict | None]]:
+    """level -> (name, episodes, done record) of every random baseline under `out`, in level order."""
+    found = {}
+    for path in sorted(out.iterdir()) if out.is_dir() else ():
+        level = baseline_level(path.name)
+        if level is None or not path.is_dir():
+            continue
+        episodes = read_episodes(path / EPISODES)
+        if episodes:
+            done = json.loads((path / DONE).read_text()) if (path / DONE).exists() else None
+            found[level] = (path.name, episodes, done)
+    return dict(sorted(found.items()))
+
+
 def summary_table(summaries: Sequence[dict], threshold: float, scored: bool) -> str:
     """The summary rows for the console: success columns only for a task that has success."""
-    columns = [("seed", "seed", 13), ("episodes", "episodes", 8), ("env_steps", "env steps", 9),
-               ("wall_s", "wall s", 8)]
+    columns = [("seed", "seed", 14)]
+    if scored:
+        columns += [("level", "at level", 8)]
+    columns += [("episodes", "episodes", 8), ("env_steps", "env steps", 9), ("wall_s", "wall s", 8)]
     if scored:
         columns += [("steps_to_threshold", f"steps to {threshold:g}", 13), ("wall_s_to_threshold", "wall s to", 9),
                     ("final_success_rate", "success", 7)]
     columns += [("final_return", "return", 8)]
     if scored:
-        columns += [("mean_success_rate", "all succ", 8)]
+        columns += [("final_targets_per_min", "tgt/min", 7), ("mean_success_rate", "all succ", 8)]
     columns += [("mean_return", "all ret", 8), ("return_90k_100k", "ret 90k-100k", 12),
                 ("return_last_10pct", "ret last 10%", 12)]
     if scored:
-        columns += [("final_level", "level", 5)]
+        columns += [("final_level", "final lvl", 9)]
     lines = [" ".join(f"{title:>{w}}" for _, title, w in columns)]
     lines += [" ".join(f"{str(s.get(key, '')):>{w}}" for key, _, w in columns) for s in summaries]
     return "\n".join(lines)
@@ -596,7 +723,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--window", type=int, default=20, help="episodes in the success-rate window")
     parser.add_argument("--level", type=int, default=0, help="curriculum level the curve and threshold use")
-    parser.add_argument("--baseline-episodes", type=int, default=20, help="random-policy episodes (0: none)")
+    parser.add_argument("--baseline-episodes", type=int, default=20,
+                        help="random-policy episodes per baseline level (0: none)")
+    parser.add_argument("--baseline-levels", type=int, nargs="+", default=[0], metavar="L",
+                        help="curriculum levels to measure the random policy at, each pinned (default: 0); "
+                             "OUT/random for level 0, OUT/random_level<L> for the others")
     parser.add_argument("--plot-only", action="store_true", help="rebuild CSVs and plot from existing runs")
     parser.add_argument("--reference", metavar="CSV", default=None,
                         help="published curves to draw on the return plot (columns task,method,seed,env_steps,return; "
@@ -615,6 +746,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             reference = read_reference(pathlib.Path(args.reference), task)
         except ReferenceFileError as error:
             raise SystemExit(f"error: {error}") from None
+    if not args.plot_only and args.baseline_episodes > 0:  # a wrong level fails now, before any training
+        check_baseline_levels(train_argv, args.baseline_levels)
     if not args.plot_only:
         out.mkdir(parents=True, exist_ok=True)
         command_file.write_text(json.dumps({"argv": ["eval/learn.py", *full],
@@ -625,18 +758,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = train_seed(out / f"seed{seed}", train_argv, seed, args.steps, args.minutes)
             if code != 0:
                 print(f"seed {seed}: training exited with {code}", flush=True)
-        if args.baseline_episodes > 0 and not (out / "random" / DONE).exists():
-            print(f"random policy: {args.baseline_episodes} episodes", flush=True)
-            random_baseline(train_argv + ["--seed", str(args.seeds[0])], out / "random", args.baseline_episodes)
+        for level in dict.fromkeys(args.baseline_levels) if args.baseline_episodes > 0 else ():
+            name = baseline_name(level)
+            if not (out / name / DONE).exists():
+                print(f"random policy at level {level}: {args.baseline_episodes} episodes", flush=True)
+                random_baseline(train_argv + ["--seed", str(args.seeds[0])], out / name, args.baseline_episodes,
+                                level)
 
     runs, dones = load_runs(out, args.seeds)
-    baseline = read_episodes(out / "random" / EPISODES)
-    all_runs = dict(runs)
-    if baseline:
-        all_runs["random"] = baseline
-        if (out / "random" / DONE).exists():
-            dones["random"] = json.loads((out / "random" / DONE).read_text())
-    summaries = write_csvs(out, all_runs, args.level, args.window, args.threshold, dones, reference)
+    baselines = load_baselines(out)
+    all_runs, levels = dict(runs), {}
+    for level, (name, episodes, done) in baselines.items():
+        all_runs[name], levels[name] = episodes, level
+        if done is not None:
+            dones[name] = done
+    summaries = write_csvs(out, all_runs, args.level, args.window, args.threshold, dones, reference, levels)
+    # The dashed line: the random policy at the plotted level (else at level 0, as before baselines had levels).
+    baseline = (baselines.get(args.level) or baselines.get(0) or (None, None, None))[1]
     plot(out / "curve.png", runs, args.level, args.window, args.threshold, title, baseline, reference)
     print("\n" + summary_table(summaries, args.threshold, has_success(all_runs)))
     print(f"\nWrote {out / 'curve.csv'}, {out / 'summary.csv'}, {out / 'curve.png'}", flush=True)

@@ -92,16 +92,75 @@ def test_success_counts_targets_reached_inside_an_action_repeat(learn):
     assert record["success"] == 0.0 and record["level"] == 2.0 and record["return"] == 1.0
 
 
-def test_minutes_budget_stops_a_run_early_and_keeps_its_episodes(learn, tmp_path):
-    """--minutes ends training by SIGTERM (train saves and exits 0) long before --steps."""
-    code = learn.main(["--task", "ball_goto", "--steps", "1000000", "--minutes", "0.4", "--seeds", "0",
-                       "--out", str(tmp_path), "--baseline-episodes", "0", "--",
-                       "--configs", "debug", "proprio_only", "--env.time_limit", "1", "--run.prefill", "64"])
+class FakeClock:
+    """Seconds that advance by `tick` on every reading: the budget logic runs without waiting or depending on speed."""
+
+    def __init__(self, tick=1.0):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self):
+        value = self.now
+        self.now += self.tick
+        return value
+
+
+def test_budget_is_spent_at_the_first_reading_past_it(learn):
+    assert not learn.budget_spent(10.0, 69.9, minutes=1)
+    assert learn.budget_spent(10.0, 70.0, minutes=1)
+    assert not learn.budget_spent(0.0, 1e9, minutes=0)  # 0: no budget
+
+
+def test_episode_hook_logs_episodes_on_its_clock_and_stops_once_when_the_budget_is_spent(learn):
+    import io
+    import types
+
+    episode = {"score": 2.0, "length": 3, "env": 1, "success": 1.0, "curriculum_level": 0.0}
+    results = iter([(None, []), (None, [episode]), (None, []), (None, [episode]), (None, [])])
+    driver = types.SimpleNamespace(num=2, env=types.SimpleNamespace(obs_space={"log/success": None}))
+    out, stops = io.StringIO(), []
+    clock = FakeClock(tick=20.0)  # 20 s per env step: a 1-minute budget is spent at the 3rd step
+    step = learn.episode_hook(lambda self, policy: next(results), out, clock, clock(), minutes=1.0, stop=stops.append)
+    for _ in range(5):
+        step(driver, None)
+    assert stops == [6]  # once, at the step that found the budget spent, with the env steps taken
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["env_steps"], r["wall_s"], r["success"]) for r in records] == [(4, 40.0, 1.0), (8, 80.0, 1.0)]
+    assert step.steps["n"] == 10
+    never = learn.episode_hook(lambda self, policy: (None, []), io.StringIO(), FakeClock(1e6), 0.0, 0.0, stops.append)
+    never(driver, None)
+    assert stops == [6]  # no budget: never stopped
+
+
+def test_minutes_budget_stops_a_real_run_early_and_keeps_its_episodes(learn, tmp_path):
+    """The worker with a fake clock (1 s per env step): a 0.5-minute budget ends the run at env step ~30 x envs
+    by SIGTERM, which train handles by saving and returning 0, however fast this machine is."""
+    from dreamer_rodent import driver as driver_lib
+
+    real_step = driver_lib.Driver.step
+    rundir = tmp_path / "seed0"
+    code = learn._worker(str(rundir), ["--task", "ball_goto", "--configs", "debug", "proprio_only",
+                                       "--env.time_limit", "0.2", "--run.prefill", "1000", "--run.steps", "1000000",
+                                       "--run.env_parallel", "none", "--run.progress", "False"],
+                         minutes=0.5, clock=FakeClock(tick=1.0))
     assert code == 0
-    done = json.loads((tmp_path / "seed0" / learn.DONE).read_text())
-    assert 0 < done["env_steps"] < 1000000 and done["wall_s"] < 120
-    assert learn.read_episodes(tmp_path / "seed0" / learn.EPISODES)  # 1 s episodes: some finished
-    assert list((tmp_path / "seed0" / "checkpoints").glob("ckpt_*"))  # the SIGTERM save
+    assert driver_lib.Driver.step is real_step  # the hook is removed again
+    done = json.loads((rundir / learn.DONE).read_text())
+    assert 30 * 2 <= done["env_steps"] <= 32 * 2  # 2 envs (debug); the stop lands within a step or two of it
+    episodes = learn.read_episodes(rundir / learn.EPISODES)
+    assert episodes and all(e["wall_s"] <= 32 and float(e["wall_s"]).is_integer() for e in episodes)  # fake seconds
+    assert (rundir / "checkpoints" / f"ckpt_{done['env_steps']:09d}").is_dir()  # the SIGTERM save
+
+
+def test_minutes_reach_the_worker(learn, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(learn.subprocess, "call", lambda command: calls.append(command) or 0)
+    assert learn.train_seed(tmp_path / "seed3", ["--task", "ball_goto"], seed=3, steps=500, minutes=0.25) == 0
+    command = calls[0]
+    assert command[2:5] == ["--worker", str(tmp_path / "seed3"), "0.25"]
+    assert command[command.index("--run.steps") + 1] == "500" and command[command.index("--seed") + 1] == "3"
+    monkeypatch.setattr(learn, "_worker", lambda rundir, argv, minutes: calls.append((rundir, argv, minutes)) or 0)
+    assert learn.main(command[2:]) == 0
+    assert calls[1] == (str(tmp_path / "seed3"), command[command.index("--") + 1:], 0.25)
 
 
 def returns_only(returns, length=1000, start=0):
@@ -211,3 +270,72 @@ def test_a_suite_task_trains_into_return_only_results(learn, tmp_path):
         reader = csv.DictReader(f)
         assert [r["seed"] for r in reader] == ["0", "random"]
         assert "return_90k_100k" in reader.fieldnames and not learn.SUCCESS_FIELDS & set(reader.fieldnames)
+
+
+def test_scores_keep_the_reach_rate_and_the_episode_level(learn):
+    base = {"score": 1.0, "length": 250, "env": 0, "success": 1.0, "targets_reached": 3.0, "curriculum_level": 2.0,
+            "curriculum_episode_level": 0.0, "curriculum_easy": 1.0, "targets_per_min": 18.0, "first_reach_s": 2.5}
+    record = learn._scores(base)
+    assert record["targets_per_min"] == 18.0 and record["first_reach_s"] == 2.5
+    assert record["level"] == 0.0 and record["curriculum_level"] == 2.0 and record["easy"] == 1.0
+    none = learn._scores({**base, "targets_reached": 0.0, "success": 0.0, "targets_per_min": 0.0,
+                          "first_reach_s": float("nan")})
+    assert none["first_reach_s"] is None  # strict JSON in episodes.jsonl: null, not NaN
+    assert json.loads(json.dumps(none, allow_nan=True))["first_reach_s"] is None
+
+
+def test_reach_rate_columns_and_panel(learn, tmp_path):
+    run = episodes([0, 1, 1, 1])
+    for e, rate, first in zip(run, [0.0, 6.0, 12.0, 18.0], [None, 3.0, 2.0, 1.0]):
+        e.update(targets_per_min=rate, first_reach_s=first, curriculum_level=0.0, easy=0.0)
+    easy = {**episodes([1], start=400)[0], "level": 0.0, "curriculum_level": 1.0, "easy": 1.0,
+            "targets_per_min": 30.0, "first_reach_s": 0.5}
+    summaries = learn.write_csvs(tmp_path, {"0": run + [easy]}, level=0, window=2, threshold=0.9)
+    (row,) = summaries
+    assert row["final_targets_per_min"] == 24.0  # the last 2 episodes at level 0 (the easy one is at level 0)
+    assert row["mean_targets_per_min"] == pytest.approx(13.2)
+    assert row["mean_first_reach_s"] == pytest.approx(1.62)  # over the episodes that reached a target
+    assert row["level"] == 0 and row["final_level"] == 1 and row["easy_episodes"] == 1
+    with open(tmp_path / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["first_reach_s"] == "" and float(rows[3]["targets_per_min_mean"]) == 15.0
+    assert rows[4]["curriculum_level"] == "1.0" and rows[4]["level"] == "0.0"
+    learn.plot(tmp_path / "curve.png", {"0": run + [easy]}, 0, 2, 0.9, "rate")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "curve.png").size[1] > 1080  # a fourth panel: targets per minute
+
+
+def test_baseline_levels_measure_the_random_policy_at_each_level(learn, tmp_path):
+    """--baseline-levels 0 1 2 on ball_goto: three random baselines, each pinned, each in the summary with its level."""
+    seed = tmp_path / "seed0"  # a finished seed, so that only the baselines run
+    seed.mkdir()
+    (seed / learn.EPISODES).write_text("".join(json.dumps(e) + "\n" for e in episodes([0, 1, 1])))
+    (seed / learn.DONE).write_text(json.dumps({"env_steps": 300, "wall_s": 3.0}))
+    flags = ["--configs", "debug", "proprio_only", "--env.time_limit", "0.2", "--run.envs", "1",
+             "--run.env_parallel", "none"]
+    argv = ["--task", "ball_goto", "--steps", "300", "--seeds", "0", "--out", str(tmp_path), "--window", "2",
+            "--baseline-episodes", "2", "--baseline-levels", "0", "1", "2", "--", *flags]
+    assert learn.main(argv) == 0
+    for name, level in (("random", 0), ("random_level1", 1), ("random_level2", 2)):
+        records = learn.read_episodes(tmp_path / name / learn.EPISODES)
+        assert len(records) == 2 and all(e["level"] == level and e["easy"] == 0.0 for e in records), name
+        assert all(e["targets_per_min"] >= 0 and e["length"] == 10 for e in records)
+    with open(tmp_path / "summary.csv") as f:
+        rows = {r["seed"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["0", "random", "random_level1", "random_level2"]
+    assert [rows[k]["level"] for k in rows] == ["0", "0", "1", "2"]
+    assert all(rows[k]["episodes_at_level"] == "2" for k in ("random", "random_level1", "random_level2"))
+    # Rerun and --plot-only find the baselines again; nothing is rolled out twice.
+    mtime = (tmp_path / "random_level2" / learn.EPISODES).stat().st_mtime_ns
+    assert learn.main(argv) == 0 and learn.main(["--out", str(tmp_path), "--seeds", "0", "--plot-only"]) == 0
+    assert (tmp_path / "random_level2" / learn.EPISODES).stat().st_mtime_ns == mtime
+    with open(tmp_path / "summary.csv") as f:
+        assert [r["level"] for r in csv.DictReader(f)] == ["0", "0", "1", "2"]
+
+
+def test_a_baseline_level_the_config_lacks_is_an_error_before_training(learn, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"error: --baseline-levels 5: the config has 5 curriculum levels \(0-4"):
+        learn.main(["--task", "ball_goto", "--out", str(out), "--baseline-levels", "0", "5"])
+    assert not out.exists()
