@@ -61,7 +61,8 @@ def episode_return(policy, seed, n=64):
 
 def test_return_rises_well_above_random():
     config = build_config(["debug"], {
-        "seed": 1, "agent.opt.lr": 1e-3, "agent.opt.warmup": 0, "agent.imag_length": 8, "agent.horizon": 20,
+        "seed": 1, "agent.opt.lr": 1e-3, "agent.opt.warmup": 0, "agent.ac_opt.lr": 1e-3, "agent.ac_opt.warmup": 0,
+        "agent.imag_length": 8, "agent.horizon": 20,
         "agent.units": 32, "agent.rssm.deter": 64, "agent.rssm.hidden": 32, "agent.rssm.stoch": 8,
     })
     agent = Agent(OBS_SPACE, ACT_SPACE, config)
