@@ -585,8 +585,11 @@ def plot(path: pathlib.Path, runs: dict[str, list[dict]], level: int, window: in
         series_l.append((name, xs, [float(curriculum_level_of(e)) for e in episodes], color))
     # The published curves, under the seeds' lines, over the steps our runs cover (all before any run has data).
     bands, references, published = [], [], []
+    # Up to the first published point at or past our last episode (runs end an env step short of round numbers).
+    points = sorted({x for seeds in (reference or {}).values() for pts in seeds.values() for x, _ in pts})
+    limit = next((x for x in points if x >= xmax), None) if xmax else None
     for i, (method, seeds) in enumerate((reference or {}).items()):
-        xs, means, lows, highs = reference_band(seeds, xmax or None)
+        xs, means, lows, highs = reference_band(seeds, limit)
         color = REFERENCE_COLORS[i % len(REFERENCE_COLORS)]
         bands.append((xs, lows, highs, color))
         published.append((method, xs, means, color))
