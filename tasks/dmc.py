@@ -168,24 +168,11 @@ def make_suite(domain: str, task: str, config, seed: int) -> base.TaskBuild:
         proprio=tuple(env.observation_spec()) if "proprio" in keys else (),
         task_obs={},
         image="image" if "image" in keys else None,
-        log_metrics=_no_metrics,
-        state_dict=_no_state,
-        load_state_dict=_no_state_to_load,
+        log_metrics=base._no_metrics,  # the same no-op defaults composer tasks get from base.build
+        state_dict=base._no_state,
+        load_state_dict=base._ignore_state,
         keys=keys,
     )
-
-
-def _no_metrics(physics) -> dict[str, float]:
-    return {}
-
-
-def _no_state() -> dict:
-    return {}
-
-
-def _no_state_to_load(state: dict) -> None:
-    if state:
-        raise base.TaskConfigError(f"dm_control suite tasks keep no curriculum state, but were given {sorted(state)}.")
 
 
 def _register(domain: str, task: str, description: str) -> None:
