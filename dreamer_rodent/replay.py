@@ -251,12 +251,12 @@ class Replay:
             chunks, starts = self._streams.get(stream), self._starts.get(stream)
             if not chunks:
                 continue
-            for key, array in values.items():
-                for t in range(array.shape[1]):
-                    step = index + offset + t
-                    k = bisect.bisect_right(starts, step) - 1
-                    if k < 0 or step - chunks[k].start >= chunks[k].size:
-                        continue
+            for t in range(next(iter(values.values())).shape[1]):
+                step = index + offset + t
+                k = bisect.bisect_right(starts, step) - 1  # the chunk holding this step, found once for every key
+                if k < 0 or step - chunks[k].start >= chunks[k].size:
+                    continue
+                for key, array in values.items():
                     chunks[k].data[key][step - chunks[k].start] = array[row, t]
 
     def _copy(self, stream: int, index: int, out: dict, row: int) -> None:

@@ -510,7 +510,7 @@ class Agent:
                                      self.discount, ac.lambda_)
         # With agent.repval_grad the loss also trains the world model through the replayed features (v2).
         rep_feat = feat[:, :-1] if ac.repval_grad else sg(feat[:, :-1])
-        rep_logits = self._apply(dict(frozen, **{k: params[k] for k in CRITIC}), Nets.critic, rep_feat)
+        rep_logits = self._apply(params, Nets.critic, rep_feat)
         rep_slow = sg(dists.twohot_mean(self._apply(slow_params, Nets.critic, sg(feat[:, :-1])), self.bins))
         mask = 1.0 - f(batch["is_last"][:, :-1])
         repval = jnp.mean(mask * (dists.twohot_loss(rep_logits, rrets, self.bins)
