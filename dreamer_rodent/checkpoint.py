@@ -22,6 +22,7 @@ is pickled: arrays are `.npz` (read with `allow_pickle=False`), the rest JSON/YA
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import pathlib
@@ -47,6 +48,45 @@ SHAPE_KEYS = ("agent.", "env.image_size", "env.keys", "task")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete or corrupt, with what to do about it."""
+
+
+class DiskFullError(CheckpointError):
+    """A write into the run directory failed because its disk (or quota) is full."""
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it was raised from or while handling, is "no space left" (or over quota)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DiskFullError) or (
+                isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def free_bytes(path) -> int | None:
+    """Free bytes on the file system holding `path` (its nearest existing parent), None if unknown."""
+    path = pathlib.Path(path)
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def disk_full_message(rundir, what: str, last: pathlib.Path | None) -> str:
+    """The one paragraph a full disk gets: where, what was being written, what is safe, what to do."""
+    free = free_bytes(rundir)
+    room = f" ({free / 2**20:.1f} MiB free there now)" if free is not None else ""
+    kept = (f"The last complete checkpoint, {last}, is intact and a rerun resumes from it; the steps since it "
+            "are lost." if last is not None else "No checkpoint of this run was complete yet.")
+    return (f"the disk holding {rundir} is full{room}: no space left while writing {what}. Nothing half-written "
+            f"was left behind. {kept} Free space on that disk (or move the run directory to a larger one and pass "
+            "it as --logdir), then rerun the same command.")
 
 
 @dataclasses.dataclass
@@ -127,13 +167,31 @@ class Checkpointer:
             except CheckpointError:
                 os.rename(final, _free_name(final.with_name(name + ".corrupt")))
         tmp = self.directory / f"{name}.tmp{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
         for key, value in arrays.items():
             if value.dtype == object:
                 raise CheckpointError(f"agent array '{key}' has dtype object; checkpoints hold plain arrays only.")
+        try:
+            self._write(tmp, final, step, arrays, state, config, replay)
+            _write_text(self.directory / LATEST, name + "\n")
+        except BaseException as error:
+            # A full disk, a signal, anything: leave no half-written checkpoint, replay chunk or pointer behind.
+            shutil.rmtree(tmp, ignore_errors=True)
+            for folder in (self.directory, self.directory / REPLAY_CHUNKS):
+                for path in folder.glob(f"*.tmp{os.getpid()}"):
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if disk_full(error):
+                complete = self.list()  # the newest complete one (the `latest` pointer may be the write that failed)
+                raise DiskFullError(disk_full_message(self.directory.parent, f"checkpoint {name}",
+                                                      complete[-1] if complete else None)) from None
+            raise
+        self.prune()
+        return final
+
+    def _write(self, tmp, final, step, arrays, state, config, replay) -> None:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
         with open(tmp / "agent.npz", "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -147,9 +205,6 @@ class Checkpointer:
         _fsync_dir(tmp)
         os.rename(tmp, final)
         _fsync_dir(self.directory)
-        _write_text(self.directory / LATEST, name + "\n")
-        self.prune()
-        return final
 
     def prune(self) -> None:
         """Keeps the newest `keep` checkpoints and the replay chunks they use."""

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import dreamer_rodent  # noqa: F401  (sets MUJOCO_GL before dm_control is imported)
-from dreamer_rodent import cli_help, video
+from dreamer_rodent import cli_help, gl_backend, video
 from dreamer_rodent.config import Config, ConfigError, split_flags
 
 DEFAULT_FPS = 50.0  # the rodents' 20 ms control step
@@ -693,9 +693,10 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
 def _known_errors() -> tuple[type, ...]:
     """User-facing error types of the parts eval drives (printed as `error: ...`, no traceback)."""
     from dreamer_rodent.checkpoint import CheckpointError
+    from dreamer_rodent.gl_backend import GLBackendError
     from tasks.registry import TaskConfigError, UnknownTaskError
 
-    return CheckpointError, UnknownTaskError, TaskConfigError
+    return CheckpointError, UnknownTaskError, TaskConfigError, GLBackendError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -706,6 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if wants_help:  # before argparse, which would exit from inside main and list no config keys
             print(cli_help.eval_help(_parser().format_help(), prefix), end="", flush=True)
             return 0
+        gl_backend.check()  # eval renders its video: a backend that cannot is one line, not a PyOpenGL traceback
         args = parse_eval_args(argv)
         evaluate(args)
     except (EvalError, ConfigError, video.VideoError, *_known_errors()) as e:

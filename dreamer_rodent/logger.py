@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import collections
 import datetime
+import errno
 import io
 import json
 import math
 import os
 import pathlib
 import sys
+import threading
 import time
 import warnings
 from typing import Mapping
@@ -89,6 +91,7 @@ class Logger:
             from tensorboardX import SummaryWriter
 
             self._writer = SummaryWriter(str(self.logdir), flush_secs=30)
+            _quiet_when_disk_full(self._writer)
 
     def scalars(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled or not metrics:
@@ -135,12 +138,73 @@ class Logger:
             self._writer.flush()
 
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        """Closes both writers even if the first fails (a full disk), then raises its error."""
+        failed = None
+        for name in ("_jsonl", "_writer"):
+            writer, _ = getattr(self, name), setattr(self, name, None)
+            if writer is not None:
+                try:
+                    writer.close()
+                except OSError as error:
+                    failed = failed or error
+        if failed is not None:
+            raise failed
+
+
+def _quiet_when_disk_full(writer) -> None:
+    """Drops TensorBoard writes that fail for a full disk instead of raising them.
+
+    tensorboardX writes from its own thread and again at interpreter exit, so on a
+    full disk each would print a traceback after the run's one `error:` line (the
+    run stops on its own write of metrics.jsonl or a checkpoint). Other errors still raise.
+    """
+    events = getattr(getattr(writer._get_file_writer(), "event_writer", None), "_ev_writer", None)
+    if events is None:  # another tensorboardX layout: keep its behaviour
+        return
+    for name in ("write_event", "flush", "close"):
+        def guarded(*args, _method=getattr(events, name), **kwargs):
+            try:
+                return _method(*args, **kwargs)
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                return False
+        setattr(events, name, guarded)
+
+
+class Phase:
+    """A long silent step (building envs, compiling) announced: a line when it starts, one every `every`
+    seconds while it lasts, and its duration when it ends, so a terminal never sits blank for minutes.
+
+    `watch(what or None)` is told when the phase starts and ends (the trainer's signal handling uses it).
+    """
+
+    def __init__(self, what: str, say=print, every: float = 30.0, watch=None, done: str | None = None):
+        self.what, self.say, self.every, self.watch = what, say, float(every), watch
+        self.done = done or what
+        self._done = threading.Event()
+        self._start = 0.0
+
+    def __enter__(self):
+        self._start = time.monotonic()
+        self.say(f"{self.what}...")
+        if self.watch is not None:
+            self.watch(self.what)
+        if self.every > 0:
+            threading.Thread(target=self._heartbeat, daemon=True, name="phase-heartbeat").start()
+        return self
+
+    def _heartbeat(self):
+        while not self._done.wait(self.every):
+            self.say(f"  still {self.what[0].lower()}{self.what[1:]} ({time.monotonic() - self._start:.0f} s)")
+
+    def __exit__(self, kind, error, tb):
+        self._done.set()
+        if self.watch is not None:
+            self.watch(None)
+        if kind is None:
+            self.say(f"{self.done}: done in {time.monotonic() - self._start:.1f} s.")
+        return False
 
 
 class Progress:

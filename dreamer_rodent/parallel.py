@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from dreamer_rodent.config import Config
+from dreamer_rodent.config import Config, ConfigError
 from dreamer_rodent.egl import egl_device_for
 from dreamer_rodent.spaces import Space
 
@@ -121,6 +121,59 @@ def shm_shortfall(needed: int, path: str = "/dev/shm") -> str | None:
         f"{free / 2**20:.1f} MiB free; enlarge it (docker run --shm-size=1g, or --ipc=host) or use fewer "
         f"envs or smaller images"
     )
+
+
+# With more envs than this, one env is built first and measured, and the rest only if they fit in memory.
+MEASURE_ABOVE = 4
+
+
+def process_memory(pid="self") -> int | None:
+    """Bytes a process holds: its proportional share (Pss, shared pages split) where Linux says, else RSS."""
+    for name, field in (("smaps_rollup", "Pss:"), ("status", "VmRSS:")):
+        try:
+            with open(f"/proc/{pid}/{name}") as f:
+                for line in f:
+                    if line.startswith(field):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: MemAvailable, capped by a cgroup (Docker, SLURM) limit."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit) as f, open(usage) as g:
+                text = f.read().strip()
+                if text != "max" and int(text) < 2**60:
+                    found.append(max(0, int(text) - int(g.read().strip())))
+        except (OSError, ValueError):
+            continue
+    return min(found) if found else None
+
+
+def env_memory_problem(per_env: int | None, num: int, built: int, available: int | None) -> str | None:
+    """Why `num` envs of `per_env` bytes each will not fit when `built` of them exist, or None."""
+    if not per_env or available is None:
+        return None
+    need = per_env * (num - built)
+    if need <= 0.5 * available:  # the other half for the replay, the agent and its compilation
+        return None
+    fit = built + int(0.4 * available / per_env)
+    return (f"run.envs={num} will not fit in memory: one env of this task takes about {per_env / 2**20:.0f} MiB "
+            f"(measured on the first one built), so {num} need about {per_env * num / 2**30:.1f} GiB, and "
+            f"{available / 2**30:.1f} GiB is available (half of it is kept for the replay and the agent). Use --run.envs {max(1, fit)} or fewer (more envs than "
+            f"cores also only take turns on them: this machine has {os.cpu_count()}).")
 
 
 def _attach_shm(name: str) -> shared_memory.SharedMemory:
@@ -260,7 +313,16 @@ class BatchEnv:
         self.say: Callable[[str], None] = _to_stderr  # where a restart's warning line goes
 
         if self._parallel == "none":
-            self._envs = [ctor(config, i) for i in range(self._num)]
+            try:
+                for i in range(self._num):
+                    before = process_memory() if i == 1 and self._num > MEASURE_ABOVE else None
+                    self._envs.append(ctor(config, i))
+                    if before is not None:  # env 1, not env 0: the first one also pays for importing dm_control
+                        after = process_memory()
+                        self._check_memory(after - before if after is not None else None, 2)
+            except BaseException:
+                self.close()
+                raise
             self.obs_space = dict(self._envs[0].obs_space)
             self.act_space = dict(self._envs[0].act_space)
             return
@@ -268,9 +330,15 @@ class BatchEnv:
         self._context = multiprocessing.get_context("spawn")
         self._config_dict = config.to_dict()
         try:
-            for i in range(self._num):
+            first = [0] if self._num > MEASURE_ABOVE else list(range(self._num))
+            for i in first:
                 self._start(i)
-            spaces = [self._await_ready(i) for i in range(self._num)]
+            spaces = [self._await_ready(i) for i in first]
+            if len(first) < self._num:
+                self._check_memory(process_memory(self._pids[0]), 1)
+                for i in range(1, self._num):
+                    self._start(i)
+                spaces += [self._await_ready(i) for i in range(1, self._num)]
             self.obs_space, self.act_space = spaces[0]
             for i, (obs_space, act_space) in enumerate(spaces[1:], 1):
                 self._check_spaces(i, obs_space, act_space)
@@ -286,6 +354,11 @@ class BatchEnv:
         except BaseException:
             self.close()
             raise
+
+    def _check_memory(self, per_env: int | None, built: int) -> None:
+        problem = env_memory_problem(per_env, self._num, built, available_memory())
+        if problem:
+            raise ConfigError(problem)
 
     # ---- public API ----
 

@@ -72,8 +72,14 @@ def main(argv=None) -> int:
     parser.add_argument("--camera", default=None, help="third-person camera name (default: one tracking the walker)")
     args = parser.parse_args(argv)
     from dreamer_rodent.config import ConfigError
-    from tasks.registry import TaskConfigError, UnknownTaskError
+    from dreamer_rodent.gl_backend import GLBackendError, check
 
+    try:
+        check()  # the task files import dm_control, which loads the backend
+        from tasks.registry import TaskConfigError, UnknownTaskError
+    except GLBackendError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
     try:
         if args.show:
             show(args.show, args.out, size=args.size, steps=args.steps, camera=args.camera)

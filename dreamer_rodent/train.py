@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import datetime
 import errno
+import multiprocessing
 import os
 import pathlib
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from typing import Sequence
@@ -27,11 +29,11 @@ from typing import Sequence
 import numpy as np
 
 from dreamer_rodent import checkpoint as ckpt
-from dreamer_rodent import cli_help, distributed
+from dreamer_rodent import cli_help, distributed, gl_backend
 from dreamer_rodent.alarm import ExploitationAlarm
 from dreamer_rodent.config import Config, ConfigError, parse_args
 from dreamer_rodent.driver import Driver, Recent, agent_obs
-from dreamer_rodent.logger import Averages, Logger, Progress
+from dreamer_rodent.logger import Averages, Logger, Phase, Progress
 from dreamer_rodent.replay import Replay
 
 STATE_VERSION = 1
@@ -79,6 +81,11 @@ def check_config(config: Config) -> None:
             "right for a replay that serves consecutive chunks; this runtime's replay samples sequences uniformly, "
             "so the carried state would belong to an unrelated sequence. Drop --agent.train_carry."
         )
+    if "image" in config.env.keys:  # else a MuJoCo traceback from inside an env worker
+        try:
+            base.check_image_size(config.env.image_size)
+        except base.TaskConfigError as error:
+            raise ConfigError(str(error)) from None
     if "image" in config.env.keys and "image" in config.agent.image_keys:
         # The agent checks this too, but only after the env workers started; a ValueError there was a traceback.
         stages, size = len(config.agent.cnn_mults), int(config.env.image_size)
@@ -103,6 +110,11 @@ def config_warnings(config: Config) -> list[str]:
             f"random-action prefill steps and makes no update: the agent will not train. Raise --run.steps above "
             f"{_number(prefill)} or lower --run.prefill."
         )
+    envs, cores = int(config.run.envs), os.cpu_count() or 1
+    if config.run.env_parallel == "process" and envs > 4 * cores:
+        notes.append(f"run.envs={envs} worker processes on {cores} cores: they take turns on the cores, so beyond "
+                     f"about {cores} envs each one adds memory and start-up time but no speed. Consider "
+                     f"--run.envs {cores}.")
     from tasks import registry
 
     for problem in registry.problems():  # this run's task is fine (check_config passed), but a plugin is broken
@@ -188,6 +200,101 @@ class RunLock:
         self.file.close()
 
 
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM while the run was starting (nothing trained since the last checkpoint to save)."""
+
+    def __init__(self, signame: str, phase: str | None):
+        self.signame, self.phase = signame, phase
+        super().__init__(f"{signame} during: {phase}")
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, honoured within seconds in every phase.
+
+    In the training loop a signal sets a flag, and the loop saves a checkpoint
+    and stops. While the run is starting (a `phase`: building envs, building or
+    compiling the agent) there is nothing new worth saving, so the stop is
+    immediate: the handler raises `Interrupted` out of Python code, and when the
+    main thread sits in a long C call instead (an XLA compile runs no Python
+    signal handler until it returns, which can be minutes) a watcher thread,
+    woken through `signal.set_wakeup_fd`, ends the process after `grace`
+    seconds: env workers terminated, `on_hard_exit` run, exit status 128+signal.
+    """
+
+    def __init__(self, grace: float = 3.0, say=None):
+        self.grace = float(grace)
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.signal: str | None = None
+        self.phase: str | None = None
+        self.on_hard_exit = lambda: None
+        self._previous: dict = {}
+        self._pipe = None
+        self._old_fd = -1
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    def set_phase(self, phase: str | None) -> None:
+        self.phase = phase
+        if phase is not None and self.signal is not None:
+            raise Interrupted(self.signal, phase)  # a signal came between two phases
+
+    def _handler(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT and self.phase is None:
+            raise KeyboardInterrupt  # a second Ctrl-C in the loop stops at once
+        self.signal = signal.Signals(signum).name
+        if self.phase is not None:
+            raise Interrupted(self.signal, self.phase)
+
+    def _watch(self, read_fd: int) -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 16)
+            except OSError:
+                return
+            if not data:
+                os.close(read_fd)
+                return
+            signum = data[-1]
+            if signum not in (signal.SIGINT, signal.SIGTERM):
+                continue
+            deadline = time.monotonic() + self.grace
+            while time.monotonic() < deadline:  # the main thread's handler gets the first chance
+                time.sleep(0.05)
+                if self.phase is None:
+                    break
+            phase = self.phase
+            if phase is None:
+                continue  # in the loop (or already stopping): it saves and ends by itself
+            name = signal.Signals(signum).name
+            self.say(f"Stopped by {name} while: {phase} (no Python code ran for {self.grace:.0f} s, so the process "
+                     "ends now). Nothing trained since the last checkpoint was lost; rerun the same command to "
+                     "start or resume.")
+            for child in multiprocessing.active_children():  # the env workers
+                child.terminate()
+            try:
+                self.on_hard_exit()
+            finally:
+                os._exit(128 + signum)
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handler)
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self._pipe = (read_fd, write_fd)
+        self._old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True, name="stop-signals").start()
+        return self
+
+    def __exit__(self, *exc):
+        signal.set_wakeup_fd(self._old_fd)
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+        os.close(self._pipe[1])  # the watcher reads EOF and ends
+        return False
+
+
 # ---------------------------------------------------------------------------
 # Pieces the loop is built from (module-level so tools and tests can reuse them).
 
@@ -255,6 +362,13 @@ def resume_env_seeds(seed: int, env_steps: int, num: int, process_index: int = 0
     return [int(x) for x in sequence.generate_state(num, np.uint32)]
 
 
+def jax_block(tree) -> None:
+    """Waits for every array of `tree` (JAX dispatch is asynchronous: a timed call must include its work)."""
+    import jax
+
+    jax.block_until_ready(tree)
+
+
 def _finite(metrics) -> bool:
     """False if a loss, gradient, update or parameter norm of this update is NaN or inf.
 
@@ -273,8 +387,9 @@ class Trainer:
     """The training loop and the state it checkpoints."""
 
     def __init__(self, config: Config, rundir: pathlib.Path, mesh, resume_from=None, process_index: int = 0,
-                 say=print):
+                 say=print, stop: StopSignals | None = None):
         self.config = config
+        self.stop = stop
         self.rundir = rundir
         self.mesh = mesh
         self.process_index = process_index
@@ -293,11 +408,15 @@ class Trainer:
         self._curriculum: list = []
         self.alarm = ExploitationAlarm(say)
         try:
-            self.envs = make_envs(config)
+            where = "in this process" if config.run.env_parallel == "none" else "one worker process each"
+            with self.phase(f"Building {int(config.run.envs)} env{'s' if int(config.run.envs) > 1 else ''} of "
+                            f"{config.task} ({where})"):
+                self.envs = make_envs(config)
             self.obs_space = {k: v for k, v in self.envs.obs_space.items() if not k.startswith("log/")}
             self.act_space = {k: v for k, v in self.envs.act_space.items() if k != "reset"}
             check_replay_memory(self.obs_space, self.act_space, config, say)
-            self.agent = make_agent(self.obs_space, self.act_space, config, mesh)
+            with self.phase("Building the agent"):
+                self.agent = make_agent(self.obs_space, self.act_space, config, mesh)
             self.driver = Driver(self.envs, seed=int(config.seed) * 7919 + 1 + process_index)
             self.resumed = None
             if resume_from is not None:
@@ -317,6 +436,10 @@ class Trainer:
         except BaseException:
             self.close()
             raise
+
+    def phase(self, what: str, say=None, done: str | None = None) -> Phase:
+        """A start-up step that may take minutes: announced, timed, and stopped at once by a signal."""
+        return Phase(what, say or self.say, watch=self.stop.set_phase if self.stop is not None else None, done=done)
 
     # ---- checkpoint state -------------------------------------------------
 
@@ -430,12 +553,34 @@ class Trainer:
         self.replay.end_episodes()  # the reset cut every stream's running episode
         reason = "done"
 
+        compiled = {"policy": False, "train": False}
+
         def policy(obs):
             nonlocal pcarry
             if self.counters["env_steps"] < self.counters["train_start"]:
                 return self.driver.random_actions()
+            if not compiled["policy"]:
+                with self.phase("Compiling the policy", progress.write):
+                    pcarry, act = self.agent.policy(pcarry, agent_obs(obs), mode="train")
+                    act = {"action": np.asarray(act["action"])}
+                compiled["policy"] = True
+                return act
             pcarry, act = self.agent.policy(pcarry, agent_obs(obs), mode="train")
             return {"action": np.asarray(act["action"])}
+
+        def train(carry, batch, **kwargs):
+            if compiled["train"]:
+                return self.agent.train(carry, batch, **kwargs)
+            with self.phase(f"Compiling the train step and making the first update ({self.agent_size()}; "
+                            "minutes for a large model on a CPU)", progress.write, done="First update"):
+                out = self.agent.train(carry, batch, **kwargs)
+                jax_block(out)
+            compiled["train"] = True
+            return out
+
+        if self.counters["env_steps"] < self.counters["train_start"]:
+            progress.write(f"Collecting {self.counters['train_start'] - self.counters['env_steps']:,} random-action "
+                           f"prefill steps (run.prefill) before the first update.")
 
         try:
             while self.counters["env_steps"] < total:
@@ -470,12 +615,12 @@ class Trainer:
                         batch = self.replay.sample(self.batch_size)
                         if self.context:
                             context = {k: v[:, 0] for k, v in batch.items()}
-                            tcarry, metrics = self.agent.train(tcarry, {k: v[:, 1:] for k, v in batch.items()},
-                                                               context=context)
+                            tcarry, metrics = train(tcarry, {k: v[:, 1:] for k, v in batch.items()},
+                                                    context=context)
                             # Refresh the stored latents with this update's posteriors (DreamerV3 v2).
                             self.replay.write(self.replay.last_positions, self.agent.posterior_record(), offset=1)
                         else:
-                            tcarry, metrics = self.agent.train(tcarry, batch)
+                            tcarry, metrics = train(tcarry, batch)
                         self.counters["train_steps"] += 1
                         train_steps += 1
                         if _finite(metrics):
@@ -543,6 +688,12 @@ class Trainer:
         except RunError:
             raise
         except Exception as error:
+            if ckpt.disk_full(error):  # saving again would fail the same way: one clear line instead
+                progress.close()
+                if isinstance(error, ckpt.DiskFullError):
+                    raise RunError(str(error)) from None
+                what = getattr(error, "filename", None) or "the run's logs"
+                raise RunError(ckpt.disk_full_message(self.rundir, what, self.saver.latest())) from None
             # An env worker that keeps failing, a full disk for videos, ...: keep the hours already trained.
             progress.close()
             try:
@@ -554,6 +705,10 @@ class Trainer:
             raise
         finally:
             progress.close()
+
+    def agent_size(self) -> str:
+        count = self.agent.param_count() if hasattr(self.agent, "param_count") else None
+        return f"{count:,} parameters" if count is not None else "the agent"
 
     def _log(self, averages, policy_steps, policy_time, replayed, train_time) -> None:
         metrics = averages.result()
@@ -590,7 +745,11 @@ class Trainer:
 
     def close(self) -> None:
         if self.logger is not None:
-            self.logger.close()
+            try:
+                self.logger.close()
+            except OSError as error:  # a full disk: the stop's own message says so, this would bury it
+                if not ckpt.disk_full(error):
+                    raise
             self.logger = None
         if self.envs is not None:
             self.envs.close()
@@ -612,6 +771,7 @@ def _levels(states) -> str:
 def train(argv: Sequence[str]) -> str:
     """Parses flags, checks everything, then trains. Raises on bad input."""
     config, _ = parse_args(argv)
+    gl_backend.check()  # before anything imports dm_control, which would fail inside PyOpenGL or GLFW
     check_config(config)
     for note in config_warnings(config):
         print(f"warning: {note}", file=sys.stderr, flush=True)
@@ -633,18 +793,16 @@ def train(argv: Sequence[str]) -> str:
     created = not rundir.exists()
     rundir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(rundir) if process_index == 0 else None  # other hosts share the directory
-    stop = {"signal": None}
-    previous = {}
+    stop = StopSignals()
 
-    def handler(signum, frame):
-        if stop["signal"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        stop["signal"] = signal.Signals(signum).name
+    def hard_exit():  # a start-up the watcher ended inside a compile: leave no half-made run directory
+        if created and process_index == 0 and not (rundir / "config.yaml").exists():
+            shutil.rmtree(rundir, ignore_errors=True)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
+    stop.on_hard_exit = hard_exit
     trainer = None
     try:
+        stop.__enter__()
         print(f"Run directory: {rundir}", flush=True)
         print(f"Watch it with: tensorboard --logdir {rundir}   (or: tail -f {rundir / 'metrics.jsonl'})", flush=True)
         if not config_logdir_given:
@@ -652,6 +810,8 @@ def train(argv: Sequence[str]) -> str:
         devices = mesh.devices.size
         hostinfo = f", process {hosts.process_id}/{hosts.num_processes} via {hosts.source}" if hosts else ""
         print(f"Devices: {devices} x {mesh.devices.flat[0].platform} on mesh axis 'data'{hostinfo}.", flush=True)
+        for note in platform_notes(config, mesh.devices.flat[0].platform):
+            print(f"Note: {note}", flush=True)
         if resume_from is None:
             print("Starting a new run." if not config.run.from_checkpoint else "Starting a new run (warm start).",
                   flush=True)
@@ -659,7 +819,7 @@ def train(argv: Sequence[str]) -> str:
             print(f"Note: run.from_checkpoint is ignored, this run resumes its own checkpoint ({resume_from}).",
                   flush=True)
         try:
-            trainer = Trainer(config, rundir, mesh, resume_from=resume_from, process_index=process_index)
+            trainer = Trainer(config, rundir, mesh, resume_from=resume_from, process_index=process_index, stop=stop)
         except BaseException:
             if created and process_index == 0:  # leave no half-made run directory behind
                 if lock is not None:
@@ -672,10 +832,10 @@ def train(argv: Sequence[str]) -> str:
         params = trainer.agent.param_count() if hasattr(trainer.agent, "param_count") else None
         if params is not None:
             print(f"Agent parameters: {params:,}.", flush=True)
-        reason = trainer.run(lambda: stop["signal"] is not None)
+        reason = trainer.run(lambda: bool(stop))
         steps = trainer.counters["env_steps"]
         if reason == "signal":
-            print(f"Stopped by {stop['signal']} at env step {steps}; checkpoint saved. Rerun the same command to "
+            print(f"Stopped by {stop.signal} at env step {steps}; checkpoint saved. Rerun the same command to "
                   "resume.", flush=True)
         else:
             updates = trainer.counters["train_steps"]
@@ -686,10 +846,19 @@ def train(argv: Sequence[str]) -> str:
     finally:
         if trainer is not None:
             trainer.close()
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        stop.__exit__(None, None, None)
         if lock is not None:
             lock.release()
+
+
+def platform_notes(config: Config, platform: str) -> list[str]:
+    """One line when a GPU-sized config is about to run on a CPU (it compiles for minutes, then crawls)."""
+    deter, units = int(config.agent.rssm.deter), int(config.agent.units)
+    if platform != "cpu" or deter < 1024:
+        return []
+    return [f"this run is on the CPU, and its model is sized for a GPU (agent.rssm.deter={deter}, agent.units="
+            f"{units}): the first compile takes minutes and every update seconds. For a CPU run that learns, "
+            f"add --configs cpu_small proprio_only (as in the README)."]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -704,9 +873,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(cli_help.train_help(prefix), end="", flush=True)
             return 0
         train(argv)
+    except Interrupted as stopped:  # before the loop: nothing new to save, and nothing half-made was left
+        print(f"Stopped by {stopped.signame} while: {stopped.phase}. Nothing was trained since the last "
+              "checkpoint; rerun the same command to start or resume.", file=sys.stderr, flush=True)
+        return 128 + int(signal.Signals[stopped.signame])
     # TaskConfigError: a task or walker setting a factory refused (e.g. a wrong env.camera) with in-process envs.
-    except (ConfigError, ckpt.CheckpointError, UnknownTaskError, TaskConfigError, RunError, EnvWorkerError) as error:
+    except (ConfigError, ckpt.CheckpointError, UnknownTaskError, TaskConfigError, RunError, EnvWorkerError,
+            gl_backend.GLBackendError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as error:  # a full disk outside the loop (the run directory's config, the logs' first line)
+        if not ckpt.disk_full(error):
+            raise
+        print(f"error: no space left on the disk while writing {error.filename or 'the run directory'}. Free "
+              "space on that disk, or pass a --logdir on a larger one, then rerun the same command.",
+              file=sys.stderr, flush=True)
         return 2
     return 0
 

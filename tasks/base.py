@@ -125,10 +125,21 @@ def make_walker(name: str, config, **kwargs):
         raise TaskConfigError(f"unknown walker '{name}'; known walkers: {', '.join(WALKERS)}.")
     module = importlib.import_module(f"tasks.walkers.{name}")
     cls = getattr(module, name.capitalize())
-    size = int(config.env.image_size)
+    return cls(camera=config.env.camera, image_size=check_image_size(config.env.image_size), **kwargs)
+
+
+def check_image_size(size) -> int:
+    """`env.image_size` as an int, or a TaskConfigError saying the range MuJoCo can render."""
+    size = int(size)
     if size < 1:
         raise TaskConfigError(f"env.image_size must be a positive number of pixels, got {size}.")
-    return cls(camera=config.env.camera, image_size=size, **kwargs)
+    if size > OFFSCREEN_SIZE:
+        raise TaskConfigError(
+            f"env.image_size={size} is larger than the offscreen framebuffer the tasks render into "
+            f"({OFFSCREEN_SIZE}x{OFFSCREEN_SIZE}, tasks.base.OFFSCREEN_SIZE), so MuJoCo cannot render it. The "
+            f"agent's camera is 64x64 by default (DreamerV3's size) and a {size}x{size} image would cost "
+            f"{3 * size * size / 2**20:.0f} MiB per replayed step; use --env.image_size {OFFSCREEN_SIZE} or less.")
+    return size
 
 
 def ego_scene_option() -> mj_wrapper.MjvOption:

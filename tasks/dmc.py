@@ -152,11 +152,13 @@ def make_suite(domain: str, task: str, config, seed: int) -> base.TaskBuild:
     cap = float(config.env.time_limit)
     if cap <= 0:
         raise base.TaskConfigError(f"env.time_limit must be > 0 seconds, got {cap}.")
-    size = int(config.env.image_size)
-    if "image" in keys and size < 1:
-        raise base.TaskConfigError(f"env.image_size must be a positive number of pixels, got {size}.")
+    size = base.check_image_size(config.env.image_size) if "image" in keys else int(config.env.image_size)
     env = suite.load(domain, task, task_kwargs={"random": int(seed) % 2**32})
     model = env.physics.model
+    # The suite's models ask for a 640x480 framebuffer; the composer tasks get OFFSCREEN_SIZE square, so
+    # image sizes and eval video sizes have the same limit on every task (the context is made on first render).
+    model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), base.OFFSCREEN_SIZE)
+    model.vis.global_.offheight = max(int(model.vis.global_.offheight), base.OFFSCREEN_SIZE)
     camera = IMAGE_CAMERAS.get(domain, 0)
     # The first control step at or past the cap ends the episode (as composer's time limit does).
     max_steps = math.ceil(cap / env.control_timestep() - 1e-6)

@@ -72,13 +72,51 @@ def test_crash_mid_write_leaves_last_good(tmp_path, monkeypatch):
         saver.save(20, _arrays(2.0), _state(20), config, _replay(20))
     monkeypatch.undo()
     leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir()]
-    assert any(".tmp" in n for n in leftovers) and "ckpt_000000020" not in leftovers
+    assert not any(".tmp" in n for n in leftovers) and "ckpt_000000020" not in leftovers  # cleaned on the way out
     loaded = ckpt.Checkpointer(tmp_path).load_latest()
     assert loaded.step == 10
     np.testing.assert_array_equal(loaded.arrays["enc/w"], _arrays(1.0)["enc/w"])
-    # The next save cleans up the interrupted write.
+    # A SIGKILL cleans nothing up; the next save removes what it left.
+    (tmp_path / "checkpoints" / "ckpt_000000020.tmp999").mkdir()
+    (tmp_path / "checkpoints" / "ckpt_000000020.tmp999" / "agent.npz").write_bytes(b"half")
     saver.save(30, _arrays(3.0), _state(30), config, _replay(30))
     assert not any(".tmp" in p.name for p in (tmp_path / "checkpoints").iterdir())
+
+
+def test_a_full_disk_while_saving_is_one_clear_error_and_leaves_the_last_checkpoint(tmp_path, monkeypatch):
+    from conftest import FullDisk
+
+    from dreamer_rodent import replay as replay_module
+
+    config = build_config(["debug"])
+    saver = ckpt.Checkpointer(tmp_path, keep=3)
+    saver.save(10, _arrays(1.0), _state(10), config, _replay(10))
+    counting = FullDisk(10**9)
+    monkeypatch.setattr(ckpt, "open", counting.open, raising=False)
+    monkeypatch.setattr(replay_module, "open", counting.open, raising=False)
+    ckpt.Checkpointer(tmp_path / "measure").save(20, _arrays(2.0), _state(20), config, _replay(40))
+    monkeypatch.undo()
+    total = 10**9 - counting.budget
+    for budget in (10, total // 2, total - 10):  # full in the arrays, in the replay chunks, at the last pointer
+        disk = FullDisk(budget)
+        monkeypatch.setattr(ckpt, "open", disk.open, raising=False)
+        monkeypatch.setattr(replay_module, "open", disk.open, raising=False)
+        with pytest.raises(ckpt.DiskFullError) as caught:
+            saver.save(20, _arrays(2.0), _state(20), config, _replay(40))
+        monkeypatch.undo()
+        message = str(caught.value)
+        assert f"the disk holding {tmp_path} is full" in message and "writing checkpoint ckpt_000000020" in message
+        assert ckpt.disk_full(caught.value) and "Free space" in message
+        leftovers = [p.name for p in (tmp_path / "checkpoints").rglob("*") if ".tmp" in p.name]
+        assert leftovers == [], budget
+        # Full before the checkpoint was complete: the previous one is the newest; full only at the `latest`
+        # pointer: the new one is complete, and that is the one named and resumed.
+        good = 10 if budget < total - 10 else 20
+        assert f"ckpt_{good:09d}, is intact" in message
+        assert saver.list()[-1].name == f"ckpt_{good:09d}"
+        assert ckpt.Checkpointer(tmp_path).load_latest().step == good
+    saver.save(30, _arrays(3.0), _state(30), config, _replay(40))  # with room again saving works
+    assert ckpt.load(tmp_path).step == 30
 
 
 def test_keeps_last_k_and_their_replay_chunks(tmp_path):

@@ -127,6 +127,18 @@ def test_steps_not_above_prefill_is_a_loud_warning_at_start(monkeypatch, capsys,
     assert not rundir.exists()
 
 
+def test_many_more_env_workers_than_cores_and_a_gpu_sized_model_on_a_cpu_get_a_note(monkeypatch):
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 2)
+    notes = train.config_warnings(build_config(["debug"], {"run.envs": 9, "run.env_parallel": "process"}))
+    assert len(notes) == 1 and "run.envs=9 worker processes on 2 cores" in notes[0] and "--run.envs 2" in notes[0]
+    assert train.config_warnings(build_config(["debug"], {"run.envs": 8, "run.env_parallel": "process"})) == []
+    assert train.config_warnings(build_config(["debug"], {"run.envs": 9, "run.env_parallel": "none"})) == []
+    note = train.platform_notes(build_config([], {"task": "rodent_goto"}), "cpu")
+    assert len(note) == 1 and "sized for a GPU" in note[0] and "--configs cpu_small proprio_only" in note[0]
+    assert train.platform_notes(build_config([], {"task": "rodent_goto"}), "gpu") == []
+    assert train.platform_notes(build_config(["cpu_small"], {"task": "rodent_goto"}), "cpu") == []
+
+
 # ---- --jax.platform gpu without a GPU ----------------------------------------
 
 
@@ -186,3 +198,38 @@ def test_broken_configs_yaml_on_the_command_line_is_one_error_line(tmp_path):
     assert not (tmp_path / "run").exists()
     missing = _run("dreamer_rodent.train", ["--help"], DREAMER_RODENT_CONFIGS=str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and missing.stderr.startswith("error: the config file") and "does not exist" in missing.stderr
+
+
+# ---- the rendering backend (MUJOCO_GL) -------------------------------------
+
+
+def test_gl_backend_problems_name_the_backend_that_works():
+    from dreamer_rodent.gl_backend import problem
+
+    found = {"EGL": "libEGL.so.1", "OSMesa": "libOSMesa.so.8"}.get
+    none = lambda name: None  # noqa: E731
+    assert problem({}, found) is None  # egl, the default, with libEGL present
+    assert problem({"MUJOCO_GL": "egl"}, found) is None
+    assert problem({"MUJOCO_GL": "osmesa"}, found) is None
+    assert problem({"MUJOCO_GL": "glfw", "DISPLAY": ":0"}, found) is None
+    assert problem({"MUJOCO_GL": "off"}, none) is None  # rendering switched off on purpose
+    headless = problem({"MUJOCO_GL": "glfw"}, found)
+    assert "needs a display" in headless and "DISPLAY is not set" in headless and "MUJOCO_GL=egl" in headless
+    assert "needs a display" in problem({"MUJOCO_GL": "1"}, found)  # dm_control's alias of glfw
+    missing = problem({"MUJOCO_GL": "osmesa"}, none)
+    assert "libOSMesa.so" in missing and "libosmesa6" in missing and "egl" in missing
+    assert "libEGL.so" in problem({"MUJOCO_GL": "egl"}, none)
+    assert "not a rendering backend" in problem({"MUJOCO_GL": "opengl"}, found)
+
+
+@pytest.mark.parametrize("module,args", [("dreamer_rodent.train", ["--task", "ball_goto", "--configs", "debug"]),
+                                         ("dreamer_rodent.eval", ["--checkpoint", "RUN"]),
+                                         ("dreamer_rodent.tasks", [])])
+def test_headless_glfw_is_one_error_line_from_every_command(module, args, tmp_path):
+    environ = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    done = subprocess.run([sys.executable, "-m", module, *args, *(["--logdir", str(tmp_path / "run")]
+                                                                   if module.endswith("train") else [])],
+                          cwd=ROOT, env=dict(environ, MUJOCO_GL="glfw"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: MUJOCO_GL=glfw needs a display") and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -8,6 +8,7 @@ import pytest
 from dreamer_rodent.config import Config, build_config, parse_args
 from dreamer_rodent.env import make_env
 from tasks import registry
+from tasks.base import TaskConfigError
 
 SUITE = [n for n, e in registry.entries().items() if e.benchmark]
 BASIC = {"reward", "is_first", "is_last", "is_terminal"}
@@ -69,6 +70,16 @@ def test_image_is_the_suite_camera_at_the_image_size(task, camera):
     assert obs["image"].dtype == np.uint8 and obs["image"].shape == (16, 16, 3)
     np.testing.assert_array_equal(obs["image"], env.physics.render(16, 16, camera_id=camera))
     env.close()
+
+
+def test_images_above_the_suites_640x480_framebuffer_render_up_to_the_common_limit():
+    env = make_env(_config("dmc_cartpole_swingup", **{"env.keys": ["image", "proprio"], "env.image_size": 800}))
+    obs = env.step({"reset": True})
+    assert obs["image"].shape == (800, 800, 3) and obs["image"].std() > 0
+    assert env.render(None, 1024, 768).shape == (768, 1024, 3)  # eval videos get the same room
+    env.close()
+    with pytest.raises(TaskConfigError, match="larger than the offscreen framebuffer"):
+        make_env(_config("dmc_cartpole_swingup", **{"env.keys": ["image", "proprio"], "env.image_size": 1040}))
 
 
 def test_a_suite_episode_is_1000_steps_and_ends_by_time_limit_not_terminal():

@@ -221,3 +221,42 @@ def test_worker_killed_right_after_its_episode_ended_starts_the_next_one():
         after = env.step(_actions(env, rng, reset=obs["is_last"]))
         assert env.restart_log and env.restart_log[0][0] == 1
         assert after["is_first"][1] and not after["is_last"][1]
+
+
+def test_more_envs_than_memory_holds_are_refused_after_measuring_one(monkeypatch):
+    from dreamer_rodent import parallel
+    from dreamer_rodent.config import ConfigError
+
+    built = []
+
+    def counting_ctor(config, index):
+        built.append(index)
+        return make_env(config, index)
+
+    # Pretend each env costs 50 MiB and 1 GiB is free: 20 do not fit (the check keeps half for the rest).
+    sizes = iter([100 * 2**20, 150 * 2**20])
+    monkeypatch.setattr(parallel, "process_memory", lambda pid="self": next(sizes))
+    monkeypatch.setattr(parallel, "available_memory", lambda: 2**30)
+    with pytest.raises(ConfigError) as caught:
+        BatchEnv(_config(envs=20), parallel="none", ctor=counting_ctor)
+    message = str(caught.value)
+    assert "run.envs=20 will not fit in memory" in message and "about 50 MiB" in message
+    assert "Use --run.envs 10 or fewer" in message  # 2 built + 0.4 GiB / 50 MiB
+    assert built == [0, 1]  # measured on the second env, before building the other 18
+    monkeypatch.setattr(parallel, "available_memory", lambda: 2**40)
+    sizes = iter([100 * 2**20, 150 * 2**20])
+    envs = BatchEnv(_config(envs=6), parallel="none")
+    assert envs.num == 6
+    envs.close()
+
+
+def test_worker_memory_is_measured_on_the_first_worker_and_refused_before_the_others_start(monkeypatch):
+    from dreamer_rodent import parallel
+    from dreamer_rodent.config import ConfigError
+
+    assert parallel.process_memory() > 10 * 2**20  # this test process itself: a real reading
+    monkeypatch.setattr(parallel, "available_memory", lambda: 2**20)
+    with pytest.raises(ConfigError, match="run.envs=8 will not fit in memory"):
+        BatchEnv(_config(envs=8), parallel="process")
+    assert parallel.env_memory_problem(None, 8, 1, 2**20) is None  # nothing measured: no refusal
+    assert parallel.env_memory_problem(2**20, 8, 1, 2**30) is None

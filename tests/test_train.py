@@ -377,6 +377,15 @@ def test_image_size_that_the_cnn_cannot_halve_is_a_config_error(tmp_path, capsys
     assert not rundir.exists()
 
 
+def test_image_size_beyond_the_framebuffer_is_a_config_error(tmp_path, capsys):
+    rundir = tmp_path / "run"
+    assert main([*FAST, "--logdir", str(rundir), "--env.image_size", "4096"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: env.image_size=4096 is larger than the offscreen framebuffer") and "1024" in err
+    assert "--env.image_size 1024 or less" in err and "Traceback" not in err
+    assert not rundir.exists()
+
+
 def test_train_ratio_counts_this_hosts_share_of_the_global_batch():
     """Each host replays batch_size / hosts of its own sequences per update; the ratio is per host env step."""
     import types
@@ -513,3 +522,96 @@ def test_resume_skips_a_checkpoint_whose_agent_npz_is_a_pickle(tmp_path, capsys)
     assert err.count("\nerror: ") + err.startswith("error: ") == 1 and "Traceback" not in err
     assert f"error: no complete checkpoint in {rundir / 'checkpoints'}: checkpoint {good.path} is corrupt: agent.npz" in err
     assert (rundir / "checkpoints" / "ckpt_000000020.corrupt" / "agent.npz").exists()  # kept, not deleted
+
+
+def test_a_full_disk_stops_the_run_with_one_error_line_and_nothing_half_written(tmp_path, capsys, monkeypatch):
+    from conftest import FullDisk
+
+    from dreamer_rodent import checkpoint as ckpt
+    from dreamer_rodent import logger as logger_module
+    from dreamer_rodent import replay as replay_module
+
+    # The disk fills while the final checkpoint is written (metrics.jsonl still fits)...
+    rundir = tmp_path / "full_at_save"
+    disk = FullDisk(2000)
+    for module in (ckpt, replay_module):
+        monkeypatch.setattr(module, "open", disk.open, raising=False)
+    assert main([*FAST, "--logdir", str(rundir), "--run.steps", "100", "--run.prefill", "100", "--run.envs", "1"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert f"the disk holding {rundir} is full" in errors[0] and "checkpoint ckpt_000000100" in errors[0]
+    assert "No checkpoint of this run was complete yet" in errors[0] and "rerun the same command" in errors[0]
+    assert not [p for p in rundir.rglob("*") if ".tmp" in p.name]
+    monkeypatch.undo()
+
+    # ... or while a log line is written.
+    rundir = tmp_path / "full_at_log"
+    monkeypatch.setattr(logger_module, "open", FullDisk(0).open, raising=False)
+    assert main([*FAST, "--logdir", str(rundir), "--run.steps", "100", "--run.prefill", "100", "--run.envs", "1"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "while writing " + str(rundir / "metrics.jsonl") in errors[0]
+
+
+STOP_SCRIPT = textwrap.dedent("""
+    import signal, sys, time
+    from dreamer_rodent.train import Interrupted, StopSignals
+    from dreamer_rodent.logger import Phase
+
+    stop = StopSignals(grace=1.0)
+    stop.on_hard_exit = lambda: print("cleanup ran", flush=True)
+    with stop:
+        try:
+            with Phase("Working", watch=stop.set_phase, every=0):
+                if sys.argv[1] == "c":
+                    # Like a long XLA compile: the main thread runs no Python signal handler until it returns
+                    # (the signal goes to the other threads, the watcher among them).
+                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+                print("ready", flush=True)
+                time.sleep(120)
+            print("finished the phase", flush=True)
+        except Interrupted as stopped:
+            print(f"interrupted by {stopped.signame} in {stopped.phase}", flush=True)
+            sys.exit(7)
+""")
+
+
+@pytest.mark.parametrize("mode", ["python", "c"])
+def test_a_signal_during_a_start_up_phase_stops_it_in_python_code_and_in_a_c_call(mode, tmp_path):
+    script = tmp_path / "stop.py"
+    script.write_text(STOP_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), mode], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "Working..."
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=100)  # a guard against a hang; the phase itself lasts 120 s
+    assert "finished the phase" not in out
+    if mode == "python":  # the handler raised out of the sleep
+        assert proc.returncode == 7 and "interrupted by SIGTERM in Working" in out, (out, err)
+    else:  # no Python ran: the watcher thread ended the process
+        assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+        assert "cleanup ran" in out and "Stopped by SIGTERM while: Working" in err
+
+
+def test_sigterm_while_the_train_step_compiles_stops_at_once_without_a_checkpoint(tmp_path):
+    rundir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "dreamer_rodent.train", *FAST, "--logdir", str(rundir),
+                             "--run.steps", "1000"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Compiling the train step"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    out = "".join(lines) + out
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "Stopped by SIGTERM while: Compiling the train step" in err and "Traceback" not in err
+    assert "First update: done" not in out and not (rundir / "checkpoints").exists()
+    for phase in ("Building 2 envs of ball_goto", "Building the agent", "Collecting 64 random-action prefill steps",
+                  "Compiling the policy"):
+        assert phase in out, phase

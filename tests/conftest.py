@@ -1,0 +1,35 @@
+"""Fault injection shared by the tests."""
+
+
+class FullDisk:
+    """Files opened for writing by the patched modules fail with ENOSPC once `budget` bytes were written."""
+
+    def __init__(self, budget):
+        self.budget = budget
+
+    def open(self, path, mode="r", *args, **kwargs):
+        real = open(path, mode, *args, **kwargs)
+        if not any(m in mode for m in "wax+"):
+            return real
+        disk = self
+
+        class Limited:
+            def __init__(self):
+                self._f = real
+
+            def write(self, data):
+                disk.budget -= len(data)
+                if disk.budget < 0:
+                    raise OSError(28, "No space left on device", str(path))
+                return self._f.write(data)
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self._f.close()
+
+        return Limited()
