@@ -392,6 +392,10 @@ def parse_args(argv: Iterable[str], extra_flags: Mapping[str, Any] | None = None
     as eval's `--checkpoint`; they are returned separately.
     """
     names, flags, extra = split_flags(argv, extra_flags)
+    if flags.get("task_module"):  # its tasks (and the presets they name) must be known before the task's preset
+        from tasks import registry
+
+        registry.load_module(str(flags["task_module"]))
     return build_config(task_preset(flags.get("task"), names) + names, flags), extra
 
 

@@ -30,6 +30,7 @@ def make_env(config, index: int = 0) -> "Env":
     apply_egl_device(config, index)
     from tasks import registry
 
+    registry.load_module(str(config.get("task_module", "") or ""))  # a plugin task outside tasks/
     entry = registry.get(config.task)  # unknown names raise, listing the known ones
     seed = int(config.seed) * int(config.env.seed_stride) + int(index)
     build = entry.factory(config, seed)

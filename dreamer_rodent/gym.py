@@ -64,6 +64,10 @@ class RodentEnv(gymnasium.Env):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}.")
         names = list(configs)
+        if (config or {}).get("task_module"):
+            from tasks import registry
+
+            registry.load_module(str(config["task_module"]))
         flags = {"task": task, **dict(config or {}), **{f"task_kwargs.{k}": v for k, v in task_kwargs.items()}}
         self.config = build_config(task_preset(task, names) + names, flags)
         self.render_mode = render_mode

@@ -70,17 +70,21 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=64, help="egocentric image size in pixels (default 64)")
     parser.add_argument("--steps", type=int, default=0, help="zero-action steps before the snapshot")
     parser.add_argument("--camera", default=None, help="third-person camera name (default: one tracking the walker)")
+    parser.add_argument("--task_module", default="", metavar="MODULE",
+                        help="also load the tasks of this module path or .py file (as train's --task_module)")
     args = parser.parse_args(argv)
     from dreamer_rodent.config import ConfigError
     from dreamer_rodent.gl_backend import GLBackendError, check
 
     try:
         check()  # the task files import dm_control, which loads the backend
+        from tasks import registry
         from tasks.registry import TaskConfigError, UnknownTaskError
     except GLBackendError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     try:
+        registry.load_module(args.task_module)
         if args.show:
             show(args.show, args.out, size=args.size, steps=args.steps, camera=args.camera)
             print(f"saved {args.out}: left the {args.size}x{args.size} egocentric image (upscaled), right a "

@@ -53,6 +53,7 @@ def check_config(config: Config) -> None:
 
     from tasks import base
 
+    registry.load_module(str(config.task_module or ""))  # TaskConfigError naming the module and its error
     registry.get(config.task)  # UnknownTaskError naming the closest task
     try:
         base.check_keys(config.env.keys)  # else a TaskConfigError from inside the env workers
@@ -789,6 +790,9 @@ def train(argv: Sequence[str]) -> str:
     if config.run.from_checkpoint and resume_from is None:
         ckpt.find(config.run.from_checkpoint)  # a wrong path fails now, before anything is written
     config = config.update({"logdir": str(rundir)})
+    module = str(config.task_module or "")
+    if module.endswith(".py") or os.sep in module:  # eval and a resume from another directory find it too
+        config = config.update({"task_module": os.path.abspath(os.path.expanduser(module))})
 
     created = not rundir.exists()
     rundir.mkdir(parents=True, exist_ok=True)

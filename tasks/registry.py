@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import importlib.util
 import os
 import pkgutil
 import re
@@ -162,9 +163,64 @@ def _discover() -> None:
                 file = _module_file(module)
                 _FAILED[name] = TaskFileProblem(name, file, _one_line(error, file), _names_in_source(file))
                 _forget(name)
+        for point in _entry_points():  # pip-installed packages of a lab's own tasks
+            try:
+                point.load()
+            except (Exception, SystemExit) as error:  # noqa: BLE001 - same as a bad file in tasks/
+                file = _spec_file(point.module) or point.value
+                _FAILED[point.module] = TaskFileProblem(point.module, file, _one_line(error, file),
+                                                        _names_in_source(file))
+                _forget(point.module)
     finally:
         _DISCOVERING = False
     _DISCOVERED = True
+
+
+ENTRY_POINT_GROUP = "dreamer_rodent.tasks"
+
+
+def _entry_points():
+    from importlib import metadata
+
+    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name)
+
+
+def _spec_file(module: str) -> str | None:
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None else None
+
+
+_LOADED_MODULES: dict[str, str] = {}  # --task_module as given -> the module it imported
+
+
+def load_module(name: str) -> None:
+    """Imports `--task_module`: a dotted module path (`my_lab.tasks.climb`) or a `.py` file; its @register calls
+    add its tasks. Importing it again is a no-op; one that fails is a TaskConfigError naming it and its error."""
+    if not name or name in _LOADED_MODULES:
+        return
+    _discover()  # the built-in tasks first, so that a clash names the plugin as the second registrant
+    file = None
+    try:
+        if name.endswith(".py") or os.sep in name:
+            file = os.path.abspath(os.path.expanduser(name))
+            if not os.path.isfile(file):
+                raise FileNotFoundError(f"no such file: {file}")
+            module = "task_module_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(file))[0])
+            spec = importlib.util.spec_from_file_location(module, file)
+            loaded = importlib.util.module_from_spec(spec)
+            sys.modules[module] = loaded
+            spec.loader.exec_module(loaded)
+        else:
+            module = name
+            file = _spec_file(name)
+            importlib.import_module(name)
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - reported as one line
+        raise TaskConfigError(f"--task_module {name} failed to import: {_one_line(error, file or name)}. Fix it, "
+                              "or pass a dotted module path on sys.path or a .py file.") from None
+    _LOADED_MODULES[name] = module
 
 
 def _module_file(module: pkgutil.ModuleInfo) -> str:
