@@ -277,3 +277,33 @@ def help_request(argv: Sequence[str]) -> tuple[bool, str | None]:
 
 def _read(path) -> str:
     return pathlib.Path(path).read_text()
+
+
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value after `--flag` (or in `--flag=value`) in `argv`, or None."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            return argv[i + 1]
+    return None
+
+
+def task_settings_help(task: str | None, module: str | None = None) -> str:
+    """The settings a task declares in its registration (`--task_kwargs.NAME`), for `train --task NAME --help`."""
+    if not task:
+        return ""
+    from tasks import registry
+
+    try:
+        registry.load_module(module or "")
+        entry = registry.get(task)
+    except (registry.UnknownTaskError, registry.TaskConfigError) as error:
+        return f"\n(task settings: {error})\n"
+    if not entry.settings:
+        return ""
+    width = max(len(name) for name, _, _ in entry.settings)
+    lines = [f"\nSettings of task {task} (--task_kwargs.NAME VALUE; only these are accepted):"]
+    lines += [f"  {name:<{width}}  default {default!r}: {doc}" for name, default, doc in entry.settings]
+    return "\n".join(lines) + "\n"

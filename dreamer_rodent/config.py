@@ -326,20 +326,46 @@ def _configs_fix(path) -> str:
 
 
 def build_config(presets_names: Iterable[str] = (), flags: Mapping[str, Any] | None = None, path=CONFIGS_PATH) -> Config:
-    """`defaults`, then each named preset in order, then flag values (dotted keys)."""
+    """`defaults`, the chosen task's declared settings, then each named preset in order, then flag values."""
     presets = load_presets(path)
     data = presets["defaults"]
-    for name in presets_names:
+    names = list(presets_names)
+    for name in names:
         if name not in presets or name == "defaults":
             known = sorted(k for k in presets if k != "defaults")
             raise ConfigError(
                 f"unknown config preset '{name}'.{_closest(name, known)} Known presets: {', '.join(known)}."
             )
+    flags = dict(flags or {})
+    task = flags.get("task", next((presets[n]["task"] for n in reversed(names) if "task" in presets[n]),
+                                  data.get("task")))
+    declared = _declared_settings(task)
+    for setting, default, _ in declared:  # a task with its own settings: their defaults, under presets and flags
+        data.setdefault("task_kwargs", {})[setting] = default
+    for name in names:
         for key, value in _flatten(presets[name]):
             _set_checked(data, key, value, source=f"preset '{name}'")
-    for key, value in (flags or {}).items():
+    own = [n for n, _, _ in declared]
+    for key, value in flags.items():
+        if own and key.startswith("task_kwargs.") and key.split(".")[1] not in own:
+            setting = key.split(".")[1]
+            raise ConfigError(
+                f"task '{task}' has no setting '{setting}' (from flag --{key}).{_closest(setting, own)} Its "
+                "settings: " + "; ".join(f"{n} (default {d!r}): {doc}" for n, d, doc in declared) + ".")
         _set_checked(data, key, value, source=f"flag --{key}")
     return Config(data)
+
+
+def _declared_settings(task) -> tuple:
+    """The settings `task` declares in its registration, or () (built-in tasks share configs.yaml's task_kwargs)."""
+    if not isinstance(task, str) or not task:
+        return ()
+    from tasks import registry
+
+    try:
+        return tuple(registry.get(task).settings)
+    except registry.UnknownTaskError:
+        return ()
 
 
 def split_flags(argv: Iterable[str], extra_flags: Mapping[str, Any] | None = None) -> tuple[list[str], dict, dict]:

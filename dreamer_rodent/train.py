@@ -771,8 +771,8 @@ def _levels(states) -> str:
 
 def train(argv: Sequence[str]) -> str:
     """Parses flags, checks everything, then trains. Raises on bad input."""
+    gl_backend.check()  # before anything imports dm_control (the task registry), which would fail inside PyOpenGL
     config, _ = parse_args(argv)
-    gl_backend.check()  # before anything imports dm_control, which would fail inside PyOpenGL or GLFW
     check_config(config)
     for note in config_warnings(config):
         print(f"warning: {note}", file=sys.stderr, flush=True)
@@ -875,6 +875,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         wants_help, prefix = cli_help.help_request(argv)
         if wants_help:
             print(cli_help.train_help(prefix), end="", flush=True)
+            print(cli_help.task_settings_help(cli_help.flag_value(argv, "--task"),
+                                              cli_help.flag_value(argv, "--task_module")), end="", flush=True)
             return 0
         train(argv)
     except Interrupted as stopped:  # before the loop: nothing new to save, and nothing half-made was left

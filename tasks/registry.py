@@ -41,6 +41,9 @@ class TaskEntry:
     walker: str
     preset: str | None = None  # configs.yaml preset that `--task NAME` applies first (None: the one named NAME, if any)
     benchmark: bool = False  # a reference task (dm_control suite) to compare the agent with published scores
+    # The task's own settings, (name, default, one-line doc) each: `--task_kwargs.NAME` is checked against them
+    # and `train --task NAME --help` lists them. Empty: the task reads configs.yaml's shared task_kwargs.
+    settings: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +77,16 @@ class TaskConfigError(ValueError):
     """
 
 
-def register(name: str, description: str, walker: str, preset: str | None = None, benchmark: bool = False):
-    """Decorator: registers `factory` under `name` (names are unique: a second module's is recorded as a clash)."""
+def register(name: str, description: str, walker: str, preset: str | None = None, benchmark: bool = False,
+             settings=None):
+    """Decorator: registers `factory` under `name` (names are unique: a second module's is recorded as a clash).
+
+    `settings` maps each of the task's own settings to `(default, "one-line doc")`; the factory reads them from
+    `config.task_kwargs` (where the defaults are filled in)."""
+    declared = tuple((str(k), v[0], str(v[1])) for k, v in (settings or {}).items())
 
     def decorate(factory):
-        entry = TaskEntry(name, factory, description, walker, preset, benchmark)
+        entry = TaskEntry(name, factory, description, walker, preset, benchmark, declared)
         old = _REGISTRY.get(name)
         if old is None or _same_factory(old.factory, factory):
             _REGISTRY[name] = entry  # new, or the same function again (a module imported twice)

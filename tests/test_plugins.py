@@ -69,3 +69,40 @@ def test_an_installed_package_joins_the_registry_through_its_entry_point(tmp_pat
     assert "lab_entry_goto" in done.stdout and "A lab's copy of ball_goto" in done.stdout
     problems = done.stdout.split("task files with problems")[1]
     assert "broken.py: line 1: ImportError: missing lab dependency" in problems
+
+
+SETTINGS_PLUGIN = textwrap.dedent('''
+    from tasks import registry
+
+
+    @registry.register("lab_step_goto", "ball_goto with a lab setting.", walker="ball",
+                       settings={"step_height": (0.3, "height of the step to climb, metres"),
+                                 "distance_scale": (0.1, "reward fall-off with distance")})
+    def make(config, seed):
+        assert config.task_kwargs.step_height > 0
+        return registry.get("ball_goto").factory(config, seed)
+''')
+
+
+def test_a_task_declares_its_settings_and_only_those_are_accepted(tmp_path, capsys):
+    from dreamer_rodent.config import ConfigError
+
+    plugin = tmp_path / "step_tasks.py"
+    plugin.write_text(SETTINGS_PLUGIN)
+    base = ["--task", "lab_step_goto", "--task_module", str(plugin)]
+    config, _ = parse_args(base)
+    assert config.task_kwargs.step_height == 0.3 and config.task_kwargs.distance_scale == 0.1  # defaults filled in
+    config, _ = parse_args([*base, "--task_kwargs.step_height", "0.5"])
+    assert config.task_kwargs.step_height == 0.5
+    try:
+        parse_args([*base, "--task_kwargs.step_heigth", "0.5"])
+    except ConfigError as error:
+        message = str(error)
+    assert "task 'lab_step_goto' has no setting 'step_heigth'" in message and "Did you mean 'step_height'?" in message
+    assert "step_height (default 0.3): height of the step to climb, metres" in message
+    assert train.main([*base, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Settings of task lab_step_goto (--task_kwargs.NAME VALUE; only these are accepted):" in out
+    assert "step_height     default 0.3: height of the step to climb, metres" in out
+    assert train.main(["--task", "ball_goto", "--help"]) == 0  # a built-in task: the shared task_kwargs only
+    assert "Settings of task" not in capsys.readouterr().out
