@@ -307,3 +307,14 @@ def task_settings_help(task: str | None, module: str | None = None) -> str:
     lines = [f"\nSettings of task {task} (--task_kwargs.NAME VALUE; only these are accepted):"]
     lines += [f"  {name:<{width}}  default {default!r}: {doc}" for name, default, doc in entry.settings]
     return "\n".join(lines) + "\n"
+
+
+def split_train_flags(argv: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(a tool's own flags, the train flags after `--`) of an eval/ tool's command line (None: sys.argv)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]

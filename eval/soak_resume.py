@@ -38,6 +38,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dreamer_rodent import checkpoint as ckpt  # noqa: E402
+from dreamer_rodent.cli_help import split_train_flags  # noqa: E402
 
 KINDS = ("random", "checkpoint", "replay")
 DEFAULT_FLAGS = ["--task", "ball_goto", "--configs", "debug", "--env.time_limit", "1.0", "--run.envs", "2",
@@ -111,11 +112,7 @@ def check_resume(log: pathlib.Path, expected: pathlib.Path | None, step: int | N
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    rest = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, rest = argv[:i], argv[i + 1:]
+    argv, rest = split_train_flags(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20, help="SIGKILLs")
     parser.add_argument("--out", required=True, help="a new directory: the run, the logs, soak.json")

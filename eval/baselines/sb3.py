@@ -32,6 +32,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dreamer_rodent.cli_help import split_train_flags  # noqa: E402
+
 ALGOS = ("sac", "ppo")
 
 
@@ -126,11 +128,7 @@ def evaluate(model, task: str, train_flags: list[str], seed: int, episodes: int,
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    rest = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, rest = argv[:i], argv[i + 1:]
+    argv, rest = split_train_flags(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--algo", choices=ALGOS, required=True)
     parser.add_argument("--task", required=True)
