@@ -17,6 +17,7 @@ import errno
 import multiprocessing
 import os
 import pathlib
+import re
 import shutil
 import signal
 import sys
@@ -128,10 +129,15 @@ def _number(value) -> str:
 
 
 def resolve_logdir(config: Config, now: datetime.datetime | None = None) -> pathlib.Path:
-    """`--logdir` as given, or a new `./logdir/<UTC time>_<task>` when empty."""
-    if config.logdir:
-        return pathlib.Path(config.logdir).expanduser().resolve()
+    """`--logdir` as given (`{timestamp}` and `{task}` filled in), or a new `./logdir/<UTC time>_<task>` when empty."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
+    if config.logdir:
+        text = str(config.logdir)
+        for name in set(re.findall(r"{([^{}]*)}", text)) - {"timestamp", "task"}:
+            raise ConfigError(f"--logdir {text}: unknown placeholder {{{name}}}; use {{timestamp}} (UTC, "
+                              "YYYYmmdd_HHMMSS) and {task}.")
+        text = text.replace("{timestamp}", f"{now:%Y%m%d_%H%M%S}").replace("{task}", str(config.task))
+        return pathlib.Path(text).expanduser().resolve()
     return (pathlib.Path("logdir") / f"{now:%Y%m%d_%H%M%S}_{config.task}").resolve()
 
 
@@ -783,7 +789,7 @@ def train(argv: Sequence[str]) -> str:
     import jax
 
     process_index = jax.process_index()
-    config_logdir_given = bool(config.logdir)
+    config_logdir_given = bool(config.logdir) and "{timestamp}" not in str(config.logdir)  # else say how to resume
     rundir = resolve_logdir(config)
     check_writable(rundir)
     resume_from = find_resume(rundir, config, int(config.run.keep_checkpoints))

@@ -233,3 +233,13 @@ def test_headless_glfw_is_one_error_line_from_every_command(module, args, tmp_pa
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: MUJOCO_GL=glfw needs a display") and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_logdir_placeholders_are_filled_in_and_an_unknown_one_is_an_error():
+    import datetime
+
+    now = datetime.datetime(2026, 12, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    config = build_config(["debug"], {"task": "ball_goto", "logdir": "/tmp/runs/{task}_{timestamp}"})
+    assert str(train.resolve_logdir(config, now)) == "/tmp/runs/ball_goto_20261202_030405"
+    with pytest.raises(ConfigError, match=r"unknown placeholder \{date\}; use \{timestamp\}"):
+        train.resolve_logdir(build_config(["debug"], {"logdir": "/tmp/{date}"}), now)
