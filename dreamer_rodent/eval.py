@@ -72,23 +72,25 @@ class Episode:
     targets_per_min: float | None = None
     first_reach_s: float | None = None
     frames: int = 0
+    metrics: dict = dataclasses.field(default_factory=dict)  # every `log/` key of the task: its finite step values
     obs: list = dataclasses.field(default_factory=list)
     actions: list = dataclasses.field(default_factory=list)
 
     def scores(self) -> dict:
-        return {
-            "episode": self.index + 1,
-            "return": self.ret,
-            "length": self.length,
-            "success": self.success,
-            "terminal": self.terminal,
-            "final_distance": self.final_distance,
-            "min_distance": self.min_distance,
-            "level": self.level,
-            "targets_reached": self.targets,
-            "targets_per_min": self.targets_per_min,
-            "first_reach_s": self.first_reach_s,  # None (JSON null): no target reached
-        }
+        """The episode's numbers; a field the task has no metric for (a suite task's distance) is left out."""
+        scores = {"episode": self.index + 1, "return": self.ret, "length": self.length, "terminal": self.terminal}
+        for key, value in (("success", self.success), ("final_distance", self.final_distance),
+                           ("min_distance", self.min_distance), ("level", self.level),
+                           ("targets_reached", self.targets), ("targets_per_min", self.targets_per_min)):
+            if value is not None:
+                scores[key] = value
+        if self.targets_per_min is not None:
+            scores["first_reach_s"] = self.first_reach_s  # None (JSON null): no target reached
+        scores["metrics"] = {name: spread(values) for name, values in sorted(self.metrics.items()) if values}
+        return scores
+
+
+OVERLAY_METRICS = 4  # task metrics beyond the go-to ones written on a frame
 
 
 # ---------------------------------------------------------------------------
@@ -253,6 +255,12 @@ def _record(episode: Episode, obs: dict, step: int) -> None:
         episode.ret += float(obs["reward"])
         episode.length = step
     episode.terminal = bool(obs.get("is_terminal", False))
+    for key, value in obs.items():
+        if key.startswith("log/"):
+            value = float(np.asarray(value).reshape(-1)[0])
+            values = episode.metrics.setdefault(key[len("log/"):], [])
+            if math.isfinite(value):
+                values.append(value)
     success = _scalar(obs, "log/success")
     if success is not None:
         episode.success = bool(episode.success) or success > 0.5
@@ -290,6 +298,12 @@ def frame_text(episode: Episode, episodes: int, obs: dict, step: int) -> list[st
         lines.append(f"{episode.targets_per_min:.1f} targets/min{first}")
     if episode.level is not None:
         lines.append(f"level {episode.level}")
+    shown = {"success", "distance", "targets_reached", "targets_per_min", "first_reach_s"}
+    others = [k for k in sorted(episode.metrics) if k not in shown and not k.startswith(("curriculum", "level"))]
+    for name in others[:OVERLAY_METRICS]:  # the task's own metrics (a maze's targets, a bowl's height, ...)
+        value = _scalar(obs, "log/" + name)
+        if value is not None and math.isfinite(value):
+            lines.append(f"{name} {value:.3g}")
     return lines
 
 
@@ -323,17 +337,23 @@ def summarize(episodes: Sequence[Episode]) -> dict:
     distances = [e.final_distance for e in episodes if e.final_distance is not None]
     rates = [e.targets_per_min for e in episodes if e.targets_per_min is not None]
     firsts = [e.first_reach_s for e in episodes if e.first_reach_s is not None]
-    return {
-        "episodes": len(episodes),
-        "return": spread([e.ret for e in episodes]),
-        "length": spread([e.length for e in episodes]),
-        "success_rate": float(np.mean(successes)) if successes else None,
-        "final_distance": spread(distances) if distances else None,
-        "targets_per_min": spread(rates) if rates else None,
+    scores = {"episodes": len(episodes), "return": spread([e.ret for e in episodes]),
+              "length": spread([e.length for e in episodes])}
+    # Only the measures the task has: a suite task gets no success, distance or reach fields at all.
+    if successes:
+        scores["success_rate"] = float(np.mean(successes))
+    if distances:
+        scores["final_distance"] = spread(distances)
+    if rates:
+        scores["targets_per_min"] = spread(rates)
         # Over the episodes that reached a target (success_rate says how many did); None if none did.
-        "first_reach_s": spread(firsts) if firsts else None,
-        "per_episode": [e.scores() for e in episodes],
-    }
+        scores["first_reach_s"] = spread(firsts) if firsts else None
+    # Every `log/` metric of the task: the spread over episodes of each episode's mean.
+    names = sorted({name for e in episodes for name, values in e.metrics.items() if values})
+    scores["metrics"] = {name: spread([np.mean(e.metrics[name]) for e in episodes if e.metrics.get(name)])
+                         for name in names}
+    scores["per_episode"] = [e.scores() for e in episodes]
+    return scores
 
 
 def strict_json(value):
@@ -348,26 +368,36 @@ def strict_json(value):
 
 
 def format_table(scores: dict) -> str:
-    """The per-episode table and the summary lines printed after evaluation."""
-    header = (f"{'episode':>7}  {'return':>10}  {'length':>6}  {'success':>7}  {'targets':>7}  {'per min':>7}  "
-              f"{'1st at s':>8}  {'final dist':>10}  {'level':>5}")
-    rows = [header, "-" * len(header)]
-
+    """The per-episode table and the summary lines printed after evaluation (columns the task has)."""
     def show(value, fmt="{}"):
         return "-" if value is None else fmt.format(value)
 
+    columns = [("episode", "episode", 7, "{}"), ("return", "return", 10, "{:.3f}"), ("length", "length", 6, "{}")]
+    optional = [("success", "success", 7, None), ("targets_reached", "targets", 7, "{}"),
+                ("targets_per_min", "per min", 7, "{:.2f}"), ("first_reach_s", "1st at s", 8, "{:.2f}"),
+                ("final_distance", "final dist", 10, "{:.3f}"), ("level", "level", 5, "{}")]
+    columns += [c for c in optional if any(c[0] in e for e in scores["per_episode"])]
+    header = "  ".join(f"{title:>{width}}" for _, title, width, _ in columns)
+    rows = [header, "-" * len(header)]
     for e in scores["per_episode"]:
-        success = "-" if e["success"] is None else ("yes" if e["success"] else "no")
-        rows.append(f"{e['episode']:>7}  {e['return']:>10.3f}  {e['length']:>6}  {success:>7}  "
-                    f"{show(e['targets_reached']):>7}  {show(e.get('targets_per_min'), '{:.2f}'):>7}  "
-                    f"{show(e.get('first_reach_s'), '{:.2f}'):>8}  {show(e['final_distance'], '{:.3f}'):>10}  "
-                    f"{show(e['level']):>5}")
+        cells = []
+        for key, _, width, fmt in columns:
+            value = e.get(key)
+            text = ("yes" if value else "no") if key == "success" and value is not None else show(value, fmt or "{}")
+            cells.append(f"{text:>{width}}")
+        rows.append("  ".join(cells))
     rows.append("-" * len(header))
     for name in ("return", "length", "final_distance", "targets_per_min", "first_reach_s"):
         s = scores.get(name)
         if s:
             rows.append(f"{name:<15} mean {s['mean']:.3f}  std {s['std']:.3f}  min {s['min']:.3f}  max {s['max']:.3f}")
-    rows.append(f"{'success_rate':<15} {show(scores['success_rate'], '{:.3f}')}")
+    if "success_rate" in scores:
+        rows.append(f"{'success_rate':<15} {scores['success_rate']:.3f}")
+    shown = {"success", "distance", "targets_per_min", "first_reach_s"}
+    for name, s in scores.get("metrics", {}).items():
+        if name not in shown:
+            rows.append(f"log/{name:<11} mean {s['mean']:.4g}  std {s['std']:.4g}  min {s['min']:.4g}  "
+                        f"max {s['max']:.4g}")
     return "\n".join(rows)
 
 
@@ -500,8 +530,11 @@ def load_checkpoint(path) -> Loaded:
 def _with_defaults(config: Config) -> Config:
     """The saved config over today's defaults, so a checkpoint from an older version still has every key."""
     from dreamer_rodent.config import build_config
+    from tasks import registry
 
-    defaults = build_config([])
+    module = str(config.get("task_module", "") or "")
+    registry.load_module(module)  # a plugin task: its declared settings are among the defaults
+    defaults = build_config([], {"task": config.task, "task_module": module})
     known = defaults.flat()
     saved = {k: v for k, v in config.flat().items() if k in known and not isinstance(v, dict)}
     return defaults.update(saved)
@@ -657,8 +690,8 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
             "episodes": args.episodes,
             "seed": int(config.seed),
             "deterministic": args.deterministic,
-            "level": level,
-            "distance": args.distance,
+            **({"level": level} if level is not None else {}),
+            **({"distance": args.distance} if args.distance is not None else {}),
             "camera": camera,
             "size": [width, height],
             "fps": fps,

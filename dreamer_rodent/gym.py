@@ -4,7 +4,7 @@
     env = gymnasium.make("dreamer_rodent/rodent_goto-v0", render_mode="rgb_array", distance_scale=0.1)
 
 Importing this module registers each task of the registry as
-`dreamer_rodent/<task>-v0`. The env is a thin layer over our own adapter
+`dreamer_rodent/<task>-v0` (`register_all("my_lab.tasks")` adds a plugin's). The env is a thin layer over our own adapter
 (`dreamer_rodent.env.make_env`), so action repeat, action scaling, observation
 keys and `log/` metrics are exactly what training sees:
 
@@ -115,10 +115,12 @@ class RodentEnv(gymnasium.Env):
         self._env.close()
 
 
-def register_all() -> list[str]:
-    """Registers every task of the registry (again: a task file added later is picked up); returns the ids."""
+def register_all(task_module: str = "") -> list[str]:
+    """Registers every task of the registry, after loading `task_module` (a plugin outside tasks/, as
+    `--task_module`); call it again after loading a plugin some other way. Returns the ids."""
     from tasks import registry
 
+    registry.load_module(task_module)
     ids = []
     for name in registry.entries():
         ids.append(env_id(name))

@@ -150,13 +150,19 @@ def available_memory() -> int | None:
                     found.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for folder, limit, usage, cache in (("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+                                        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+                                         "total_inactive_file")):
         try:
-            with open(limit) as f, open(usage) as g:
-                text = f.read().strip()
-                if text != "max" and int(text) < 2**60:
-                    found.append(max(0, int(text) - int(g.read().strip())))
+            with open(f"{folder}/{limit}") as f, open(f"{folder}/{usage}") as g:
+                text, used = f.read().strip(), int(g.read().strip())
+            if text == "max" or int(text) >= 2**60:
+                continue
+            # Page cache the kernel reclaims (checkpoints and replay just written) is not in use.
+            with open(f"{folder}/memory.stat") as f:
+                stats = dict(line.split() for line in f if len(line.split()) == 2)
+            used -= int(stats.get(cache, 0))
+            found.append(max(0, int(text) - used))
         except (OSError, ValueError):
             continue
     return min(found) if found else None

@@ -233,6 +233,7 @@ class StopSignals:
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self.signal: str | None = None
         self.phase: str | None = None
+        self.starting = True  # False once the training loop runs (then a signal between phases waits for it)
         self.on_hard_exit = lambda: None
         self._previous: dict = {}
         self._pipe = None
@@ -242,9 +243,11 @@ class StopSignals:
         return self.signal is not None
 
     def set_phase(self, phase: str | None) -> None:
-        self.phase = phase
         if phase is not None and self.signal is not None:
-            raise Interrupted(self.signal, phase)  # a signal came between two phases
+            if self.starting:
+                raise Interrupted(self.signal, phase)  # a signal came between two start-up phases
+            return  # in the loop: its own stop check saves and stops
+        self.phase = phase
 
     def _handler(self, signum, frame):
         if self.signal is not None and signum == signal.SIGINT and self.phase is None:
@@ -295,10 +298,13 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc):
+        if self._pipe is None:
+            return False
         signal.set_wakeup_fd(self._old_fd)
         for sig, old in self._previous.items():
             signal.signal(sig, old)
         os.close(self._pipe[1])  # the watcher reads EOF and ends
+        self._pipe = None
         return False
 
 
@@ -414,6 +420,7 @@ class Trainer:
         self.logger = None
         self._curriculum: list = []
         self.alarm = ExploitationAlarm(say)
+        self._saved_step = -1  # env step of this process's last checkpoint
         try:
             where = "in this process" if config.run.env_parallel == "none" else "one worker process each"
             with self.phase(f"Building {int(config.run.envs)} env{'s' if int(config.run.envs) > 1 else ''} of "
@@ -483,6 +490,7 @@ class Trainer:
         if self.counters["nonfinite"] == 0:
             self._good = arrays
         path = self.saver.save(self.counters["env_steps"], arrays, self.state(), self.config, self.replay)
+        self._saved_step = self.counters["env_steps"]
         if self.logger is not None:
             self.logger.scalars(self.counters["env_steps"], {"checkpoint/seconds": time.monotonic() - start})
         return path
@@ -511,6 +519,7 @@ class Trainer:
             self._curriculum = curriculum
         loaded.load_replay(self.replay)
         self.resumed = loaded
+        self._saved_step = self.counters["env_steps"]
         self.say(
             f"Resumed from {loaded.path} at env step {self.counters['env_steps']} "
             f"(train step {self.counters['train_steps']}, {self.counters['episodes']} episodes, "
@@ -554,6 +563,8 @@ class Trainer:
         policy_time = train_time = 0.0
         policy_steps = train_steps = 0
         self._good = self.agent.save()
+        if self.stop is not None:
+            self.stop.starting = False
         pcarry = self.agent.init_policy(len(self.envs))
         tcarry = self.agent.init_train(self.batch_size)
         self.driver.reset()
@@ -567,6 +578,9 @@ class Trainer:
             if self.counters["env_steps"] < self.counters["train_start"]:
                 return self.driver.random_actions()
             if not compiled["policy"]:
+                # The prefill is on disk before the first compile, so a stop during the compile loses nothing.
+                if self.counters["env_steps"] > self._saved_step:
+                    self.save()
                 with self.phase("Compiling the policy", progress.write):
                     pcarry, act = self.agent.policy(pcarry, agent_obs(obs), mode="train")
                     act = {"action": np.asarray(act["action"])}
@@ -578,6 +592,8 @@ class Trainer:
         def train(carry, batch, **kwargs):
             if compiled["train"]:
                 return self.agent.train(carry, batch, **kwargs)
+            if self.counters["env_steps"] > self._saved_step:
+                self.save()
             with self.phase(f"Compiling the train step and making the first update ({self.agent_size()}; "
                             "minutes for a large model on a CPU)", progress.write, done="First update"):
                 out = self.agent.train(carry, batch, **kwargs)
@@ -845,8 +861,9 @@ def train(argv: Sequence[str]) -> str:
         reason = trainer.run(lambda: bool(stop))
         steps = trainer.counters["env_steps"]
         if reason == "signal":
-            print(f"Stopped by {stop.signal} at env step {steps}; checkpoint saved. Rerun the same command to "
-                  "resume.", flush=True)
+            again = "the same command" if config_logdir_given else f"with --logdir {rundir}"
+            print(f"Stopped by {stop.signal} at env step {steps}; checkpoint saved. Rerun {again} to resume.",
+                  flush=True)
         else:
             updates = trainer.counters["train_steps"]
             print(f"Finished {steps} env steps ({updates} updates); checkpoint saved in {trainer.saver.latest()}.",

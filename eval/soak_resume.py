@@ -148,7 +148,11 @@ def main(argv=None) -> int:
                 landed = wait_for(lambda: writing(rundir, kind), args.timeout, proc)
             record["landed"] = landed
             proc.send_signal(signal.SIGTERM if last else signal.SIGKILL)
-            code = proc.wait(timeout=args.timeout)
+            try:
+                code = proc.wait(timeout=args.timeout)
+            except subprocess.TimeoutExpired:  # a SIGTERM save that never ends: the round's problem, not the soak's
+                code = None
+                record["problems"].append(f"still running {args.timeout:.0f} s after the signal")
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -183,15 +187,18 @@ def main(argv=None) -> int:
                 record["problems"].append(f"SIGTERM did not save where it stopped (newest is step {expected_step})")
         if expected is not None:
             video = out / f"eval{n:02d}.mp4"
-            done = subprocess.run([sys.executable, "-m", "dreamer_rodent.eval", "--checkpoint", str(expected),
-                                   "--episodes", "1", "--size", "64x48", "--out", str(video)], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=args.timeout)
+            try:
+                done = subprocess.run([sys.executable, "-m", "dreamer_rodent.eval", "--checkpoint", str(expected),
+                                       "--episodes", "1", "--size", "64x48", "--out", str(video)], cwd=ROOT,
+                                      capture_output=True, text=True, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                done = subprocess.CompletedProcess([], "timeout", "", f"eval took over {args.timeout:.0f} s")
             if done.returncode != 0 or not video.exists() or not video.with_suffix(".json").exists():
                 record["problems"].append(f"eval of {expected.name} failed (exit {done.returncode}): "
                                           f"{done.stderr.strip()[-300:]}")
         rounds.append(record)
         status = "ok" if not record["problems"] else "FAIL: " + "; ".join(record["problems"])
-        print(f"round {n:2d} {kind:10s} exit {code:>4} {record['seconds']:6.1f} s  newest "
+        print(f"round {n:2d} {kind:10s} exit {str(code):>4} {record['seconds']:6.1f} s  newest "
               f"{record.get('checkpoint', '-')} (train step {record.get('train_steps', '-')}), leftovers "
               f"{len(leftovers)}: {status}", flush=True)
     failed = [r for r in rounds if r["problems"]]

@@ -207,13 +207,18 @@ _LOADED_MODULES: dict[str, str] = {}  # --task_module as given -> the module it 
 def load_module(name: str) -> None:
     """Imports `--task_module`: a dotted module path (`my_lab.tasks.climb`) or a `.py` file; its @register calls
     add its tasks. Importing it again is a no-op; one that fails is a TaskConfigError naming it and its error."""
-    if not name or name in _LOADED_MODULES:
+    if not name:
+        return
+    is_file = name.endswith(".py") or os.sep in name
+    key = os.path.abspath(os.path.expanduser(name)) if is_file else name  # a relative and an absolute path: once
+    if key in _LOADED_MODULES:
         return
     _discover()  # the built-in tasks first, so that a clash names the plugin as the second registrant
     file = None
+    module = name
     try:
-        if name.endswith(".py") or os.sep in name:
-            file = os.path.abspath(os.path.expanduser(name))
+        if is_file:
+            file = key
             if not os.path.isfile(file):
                 raise FileNotFoundError(f"no such file: {file}")
             module = "task_module_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(file))[0])
@@ -222,13 +227,14 @@ def load_module(name: str) -> None:
             sys.modules[module] = loaded
             spec.loader.exec_module(loaded)
         else:
-            module = name
             file = _spec_file(name)
             importlib.import_module(name)
     except (Exception, SystemExit) as error:  # noqa: BLE001 - reported as one line
+        _forget(module)  # what it registered before failing, and the half-run module
+        sys.modules.pop(module, None)
         raise TaskConfigError(f"--task_module {name} failed to import: {_one_line(error, file or name)}. Fix it, "
                               "or pass a dotted module path on sys.path or a .py file.") from None
-    _LOADED_MODULES[name] = module
+    _LOADED_MODULES[key] = module
 
 
 def _module_file(module: pkgutil.ModuleInfo) -> str:

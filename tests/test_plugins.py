@@ -106,3 +106,26 @@ def test_a_task_declares_its_settings_and_only_those_are_accepted(tmp_path, caps
     assert "step_height     default 0.3: height of the step to climb, metres" in out
     assert train.main(["--task", "ball_goto", "--help"]) == 0  # a built-in task: the shared task_kwargs only
     assert "Settings of task" not in capsys.readouterr().out
+
+
+def test_a_plugin_task_with_its_own_setting_trains_and_evaluates_to_an_mp4(tmp_path):
+    plugin = tmp_path / "step_tasks.py"
+    plugin.write_text(SETTINGS_PLUGIN)
+    rundir = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, "-m", "dreamer_rodent.train", "--task", "lab_step_goto", "--task_module",
+                           str(plugin), "--task_kwargs.step_height", "0.5", "--configs", "debug", "--run.steps", "64",
+                           "--run.envs", "1", "--run.progress", "false", "--logdir", str(rundir)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    from dreamer_rodent.config import Config
+
+    saved = Config.load(rundir / "config.yaml")
+    assert saved.task_module == str(plugin) and saved.task_kwargs.step_height == 0.5
+    video = tmp_path / "eval.mp4"
+    done = subprocess.run([sys.executable, "-m", "dreamer_rodent.eval", "--checkpoint", str(rundir), "--episodes",
+                           "1", "--size", "64x48", "--out", str(video)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert video.stat().st_size > 1000 and video.with_suffix(".json").exists()

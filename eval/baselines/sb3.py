@@ -52,6 +52,7 @@ def make_env(task: str, train_flags: list[str], seed: int, level: int | None = N
     from dreamer_rodent.config import split_flags
 
     names, flags, _ = split_flags(train_flags)
+    dreamer_rodent.gym.register_all(str(flags.get("task_module", "") or ""))  # a plugin task's id too
     flags = {**flags, "seed": seed}
     if level is not None:
         flags["task_kwargs.level"] = int(level)
@@ -128,6 +129,18 @@ def evaluate(model, task: str, train_flags: list[str], seed: int, episodes: int,
 
 
 def main(argv=None) -> int:
+    """One `error:` line, exit 2, for a wrong task, config flag or missing extra."""
+    from dreamer_rodent.config import ConfigError
+    from tasks.registry import TaskConfigError, UnknownTaskError
+
+    try:
+        return _main(argv)
+    except (ConfigError, UnknownTaskError, TaskConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     argv, rest = split_train_flags(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--algo", choices=ALGOS, required=True)
@@ -150,7 +163,15 @@ def main(argv=None) -> int:
     rundir = pathlib.Path(args.out) / f"seed{args.seed}"
     rundir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    env = make_env(args.task, rest, args.seed)
+    import gymnasium
+
+    try:
+        env = make_env(args.task, rest, args.seed)
+    except gymnasium.error.Error as error:  # an id gymnasium does not know: a task that is not registered
+        from tasks import registry
+
+        registry.get(args.task)  # the registry's own message, with the closest name
+        raise registry.UnknownTaskError(str(error)) from None
     has_success = "log/success" in env.unwrapped._env.obs_space
     algo = {"sac": sb3.SAC, "ppo": sb3.PPO}[args.algo]
     model = algo("MultiInputPolicy", env, seed=args.seed, verbose=0)
@@ -182,10 +203,11 @@ def main(argv=None) -> int:
     model.save(rundir / f"{args.algo}_model")
     (rundir / learn.DONE).write_text(json.dumps({"wall_s": time.monotonic() - start, "env_steps": steps,
                                                  "algo": args.algo, "argv": sys.argv}) + "\n")
-    result = evaluate(model, args.task, rest, args.seed, args.eval_episodes, args.eval_level)
+    pinned = args.eval_level if "level" in env.unwrapped.config.task_kwargs else None  # no curriculum: no pin
+    result = evaluate(model, args.task, rest, args.seed, args.eval_episodes, pinned)
     (rundir / "final_eval.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"{args.algo} on {args.task}, seed {args.seed}: {steps} env steps in {time.monotonic() - start:.0f} s; "
-          f"final policy at level {args.eval_level}, {args.eval_episodes} deterministic episodes: return "
+          f"final policy at level {pinned}, {args.eval_episodes} deterministic episodes: return "
           f"{result['return']}, success {result['success_rate']}, targets/min {result['targets_per_min']}",
           flush=True)
     return 0
