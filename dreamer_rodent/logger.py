@@ -187,9 +187,9 @@ class Phase:
 
     def __enter__(self):
         self._start = time.monotonic()
-        self.say(f"{self.what}...")
-        if self.watch is not None:
+        if self.watch is not None:  # before the line: whoever reacts to the line finds the phase set
             self.watch(self.what)
+        self.say(f"{self.what}...")
         if self.every > 0:
             threading.Thread(target=self._heartbeat, daemon=True, name="phase-heartbeat").start()
         return self
