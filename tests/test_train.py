@@ -566,11 +566,16 @@ STOP_SCRIPT = textwrap.dedent("""
         try:
             with Phase("Working", watch=stop.set_phase, every=0):
                 if sys.argv[1] == "c":
-                    # Like a long XLA compile: the main thread runs no Python signal handler until it returns
-                    # (the signal goes to the other threads, the watcher among them).
+                    # Like a long XLA compile: a C call that runs no Python signal handler until it returns
+                    # (the main thread blocks SIGTERM, so it goes to the other threads, the watcher among them).
+                    import ctypes
+
                     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-                print("ready", flush=True)
-                time.sleep(120)
+                    print("ready", flush=True)
+                    ctypes.CDLL(None).sleep(120)
+                else:
+                    print("ready", flush=True)
+                    time.sleep(120)
             print("finished the phase", flush=True)
         except Interrupted as stopped:
             print(f"interrupted by {stopped.signame} in {stopped.phase}", flush=True)
