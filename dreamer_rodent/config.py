@@ -418,11 +418,17 @@ def parse_args(argv: Iterable[str], extra_flags: Mapping[str, Any] | None = None
     as eval's `--checkpoint`; they are returned separately.
     """
     names, flags, extra = split_flags(argv, extra_flags)
+    return build_task_config(names, flags), extra
+
+
+def build_task_config(names: Iterable[str], flags: Mapping[str, Any]) -> Config:
+    """`build_config` as the command line does it: `--task_module` loaded, then the task's own preset first."""
+    names = list(names)
     if flags.get("task_module"):  # its tasks (and the presets they name) must be known before the task's preset
         from tasks import registry
 
         registry.load_module(str(flags["task_module"]))
-    return build_config(task_preset(flags.get("task"), names) + names, flags), extra
+    return build_config(task_preset(flags.get("task"), names) + names, flags)
 
 
 def task_preset(task, names: Iterable[str], path=CONFIGS_PATH) -> list[str]:

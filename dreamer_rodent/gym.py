@@ -36,7 +36,7 @@ except ImportError as error:  # pragma: no cover - the message is the test
     raise ImportError("dreamer_rodent.gym needs gymnasium: pip install -e '.[gym]' (or pip install gymnasium).") \
         from error
 
-from dreamer_rodent.config import build_config, task_preset
+from dreamer_rodent.config import build_task_config
 from dreamer_rodent.env import LOG_PREFIX, make_env
 
 NAMESPACE = "dreamer_rodent"
@@ -63,13 +63,8 @@ class RodentEnv(gymnasium.Env):
                  camera: str | None = None, **task_kwargs):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}.")
-        names = list(configs)
-        if (config or {}).get("task_module"):
-            from tasks import registry
-
-            registry.load_module(str(config["task_module"]))
         flags = {"task": task, **dict(config or {}), **{f"task_kwargs.{k}": v for k, v in task_kwargs.items()}}
-        self.config = build_config(task_preset(task, names) + names, flags)
+        self.config = build_task_config(configs, flags)
         self.render_mode = render_mode
         self._size = (int(render_size[0]), int(render_size[1]))
         self._camera = camera

@@ -375,13 +375,6 @@ def resume_env_seeds(seed: int, env_steps: int, num: int, process_index: int = 0
     return [int(x) for x in sequence.generate_state(num, np.uint32)]
 
 
-def jax_block(tree) -> None:
-    """Waits for every array of `tree` (JAX dispatch is asynchronous: a timed call must include its work)."""
-    import jax
-
-    jax.block_until_ready(tree)
-
-
 def _finite(metrics) -> bool:
     """False if a loss, gradient, update or parameter norm of this update is NaN or inf.
 
@@ -548,6 +541,8 @@ class Trainer:
 
     def run(self, stop_flag) -> str:
         """Trains until run.steps env steps or a stop; returns why it stopped."""
+        import jax
+
         config = self.config
         total = int(config.run.steps)
         per_train = replayed_per_update(self.batch_size, self.length, self.mesh)
@@ -571,35 +566,34 @@ class Trainer:
         self.replay.end_episodes()  # the reset cut every stream's running episode
         reason = "done"
 
-        compiled = {"policy": False, "train": False}
+        compiled: set[str] = set()
+
+        def first_compiled(name: str, what: str, call, done: str | None = None):
+            """`call()`; the first time (an XLA compile) announced, timed and stoppable, with the steps collected
+            so far (the prefill) saved before it, so that a stop during the compile loses nothing."""
+            if name in compiled:
+                return call()
+            if self.counters["env_steps"] > self._saved_step:
+                self.save()
+            with self.phase(what, progress.write, done=done):
+                out = jax.block_until_ready(call())
+            compiled.add(name)
+            return out
 
         def policy(obs):
             nonlocal pcarry
             if self.counters["env_steps"] < self.counters["train_start"]:
                 return self.driver.random_actions()
-            if not compiled["policy"]:
-                # The prefill is on disk before the first compile, so a stop during the compile loses nothing.
-                if self.counters["env_steps"] > self._saved_step:
-                    self.save()
-                with self.phase("Compiling the policy", progress.write):
-                    pcarry, act = self.agent.policy(pcarry, agent_obs(obs), mode="train")
-                    act = {"action": np.asarray(act["action"])}
-                compiled["policy"] = True
-                return act
-            pcarry, act = self.agent.policy(pcarry, agent_obs(obs), mode="train")
+            pcarry, act = first_compiled("policy", "Compiling the policy",
+                                         lambda: self.agent.policy(pcarry, agent_obs(obs), mode="train"))
             return {"action": np.asarray(act["action"])}
 
+        compiling_train = (f"Compiling the train step and making the first update ({self.agent_size()}; minutes for "
+                           "a large model on a CPU)")
+
         def train(carry, batch, **kwargs):
-            if compiled["train"]:
-                return self.agent.train(carry, batch, **kwargs)
-            if self.counters["env_steps"] > self._saved_step:
-                self.save()
-            with self.phase(f"Compiling the train step and making the first update ({self.agent_size()}; "
-                            "minutes for a large model on a CPU)", progress.write, done="First update"):
-                out = self.agent.train(carry, batch, **kwargs)
-                jax_block(out)
-            compiled["train"] = True
-            return out
+            return first_compiled("train", compiling_train, lambda: self.agent.train(carry, batch, **kwargs),
+                                  done="First update")
 
         if self.counters["env_steps"] < self.counters["train_start"]:
             progress.write(f"Collecting {self.counters['train_start'] - self.counters['env_steps']:,} random-action "
@@ -812,9 +806,10 @@ def train(argv: Sequence[str]) -> str:
     if config.run.from_checkpoint and resume_from is None:
         ckpt.find(config.run.from_checkpoint)  # a wrong path fails now, before anything is written
     config = config.update({"logdir": str(rundir)})
-    module = str(config.task_module or "")
-    if module.endswith(".py") or os.sep in module:  # eval and a resume from another directory find it too
-        config = config.update({"task_module": os.path.abspath(os.path.expanduser(module))})
+    if config.task_module:  # a file made absolute: eval and a resume from another directory find it too
+        from tasks import registry
+
+        config = config.update({"task_module": registry.module_path(str(config.task_module))})
 
     created = not rundir.exists()
     rundir.mkdir(parents=True, exist_ok=True)

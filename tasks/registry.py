@@ -204,13 +204,23 @@ def _spec_file(module: str) -> str | None:
 _LOADED_MODULES: dict[str, str] = {}  # --task_module as given -> the module it imported
 
 
+def _is_file(name: str) -> bool:
+    """A `--task_module` that names a file (`x.py`, `dir/x`) rather than a dotted module path."""
+    return name.endswith(".py") or os.sep in name
+
+
+def module_path(name: str) -> str:
+    """`--task_module` as it is stored: a file made absolute, a dotted module path as given."""
+    return os.path.abspath(os.path.expanduser(name)) if _is_file(name) else name
+
+
 def load_module(name: str) -> None:
     """Imports `--task_module`: a dotted module path (`my_lab.tasks.climb`) or a `.py` file; its @register calls
     add its tasks. Importing it again is a no-op; one that fails is a TaskConfigError naming it and its error."""
     if not name:
         return
-    is_file = name.endswith(".py") or os.sep in name
-    key = os.path.abspath(os.path.expanduser(name)) if is_file else name  # a relative and an absolute path: once
+    key = module_path(name)  # a relative and an absolute path of one file: loaded once
+    is_file = _is_file(name)
     if key in _LOADED_MODULES:
         return
     _discover()  # the built-in tasks first, so that a clash names the plugin as the second registrant
