@@ -65,6 +65,7 @@ class Env:
         self._closed = False
         self._cameras: dict = {}
         first = self._convert(self._pending.observation, 0.0, True, False, False)
+        self._columns = self._make_columns(self._pending.observation)
         self._obs_space = self._make_obs_space(first)
         self._act_space = {
             "action": Space(self._act_shape, np.float32, -1.0, 1.0),
@@ -100,6 +101,26 @@ class Env:
             else:
                 spaces[key] = Space(value.shape, np.float32)
         return spaces
+
+    @property
+    def obs_columns(self) -> dict[str, list[str]]:
+        """What each number of a vector observation is: 'walker/sensors_gyro[0]', ... per key (recordings label
+        their columns with these)."""
+        return {k: list(v) for k, v in self._columns.items()}
+
+    def _make_columns(self, raw: dict) -> dict[str, list[str]]:
+        def names(sources):
+            out = []
+            for name in sources:
+                size = int(np.size(raw[name]))
+                out += [name] if size == 1 else [f"{name}[{i}]" for i in range(size)]
+            return out
+
+        build = self._build
+        columns = {group: names(sources) for group, sources in (("vestibular", build.vestibular),
+                                                                  ("proprio", build.proprio)) if sources}
+        columns.update({key: names([name]) for key, name in build.task_obs.items()})
+        return columns
 
     # ---- stepping ----
     def step(self, action: dict[str, Any]) -> dict[str, np.ndarray]:

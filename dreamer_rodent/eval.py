@@ -3,7 +3,8 @@
     python -m dreamer_rodent.eval --checkpoint RUN_DIR_OR_CHECKPOINT [--episodes N]
         [--seed S] [--out video.mp4] [--camera NAME] [--size WxH]
         [--level N | --distance METRES] [--deterministic | --stochastic]
-        [--split] [--dream] [--key.sub value ...]
+        [--split] [--dream] [--record [PATH.nwb] [--record-every N] [--record-control]]
+        [--key.sub value ...]
     python -m dreamer_rodent.eval --help [KEY_PREFIX]
 
 Everything needed to rebuild the env and the agent comes from the run directory
@@ -53,6 +54,9 @@ class EvalArgs:
     deterministic: bool = True
     split: bool = False
     dream: bool = False
+    record: str | None = None  # "" : beside the MP4 with .nwb
+    record_every: int = 1
+    record_control: bool = False
     overrides: dict = dataclasses.field(default_factory=dict)
 
 
@@ -119,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions as in training")
     parser.add_argument("--split", action="store_true", help="one MP4 per episode instead of one concatenated file")
     parser.add_argument("--dream", action="store_true", help="also write <stem>_dream.mp4: world-model open-loop predictions")
+    parser.add_argument("--record", nargs="?", const="", default=None, metavar="PATH.nwb",
+                        help="also write an NWB file of every step: the agent's internal state, the body's kinematics, "
+                             "the senses (default path: the MP4's with .nwb; needs pip install -e '.[nwb]')")
+    parser.add_argument("--record-every", type=int, default=None, metavar="N", help="with --record: keep one step in N")
+    parser.add_argument("--record-control", action="store_true",
+                        help="with --record: also record an untrained agent of the same architecture fed the same "
+                             "observations (the baseline for probe analyses)")
     return parser
 
 
@@ -132,6 +143,13 @@ def parse_eval_args(argv: Sequence[str]) -> EvalArgs:
         raise EvalError(f"--distance must be a positive number of metres, got {known.distance}.")
     if known.level is not None and known.level < 0:
         raise EvalError(f"--level must be >= 0 (0 is the nearest targets), got {known.level}.")
+    if known.record is None and (known.record_every is not None or known.record_control):
+        flag = "--record-every" if known.record_every is not None else "--record-control"
+        raise EvalError(f"{flag} applies to a recording: add --record [PATH.nwb].")
+    if known.record_every is not None and known.record_every < 1:
+        raise EvalError(f"--record-every must be >= 1 (1 keeps every step), got {known.record_every}.")
+    if known.record and not known.record.lower().endswith(".nwb"):
+        raise EvalError(f"--record {known.record}: the recording must end in .nwb.")
     try:
         size = video.parse_size(known.size)
     except video.VideoError as e:
@@ -148,6 +166,9 @@ def parse_eval_args(argv: Sequence[str]) -> EvalArgs:
         deterministic=known.deterministic,
         split=known.split,
         dream=known.dream,
+        record=known.record,
+        record_every=known.record_every or 1,
+        record_control=known.record_control,
         overrides=_parse_overrides(rest),
     )
 
@@ -213,6 +234,8 @@ def run_episodes(
     episodes: int,
     on_step: Callable[[Episode, dict, int], None] | None = None,
     keep: tuple[int, int] = (0, 0),
+    on_episode_end: Callable[[Episode], None] | None = None,
+    act_on_last: bool = False,
 ) -> list[Episode]:
     """Rolls out whole episodes; `on_step(episode, obs, step)` sees every observation.
 
@@ -220,6 +243,8 @@ def run_episodes(
     steps after it, so a video has length + 1 frames per episode. `keep =
     (episodes, steps)` records the agent's observations and actions of the first
     steps of the first episodes (for --dream), and no more, to bound memory.
+    `act_on_last` lets the policy see the last observation too (its action is
+    not executed), so a recording has the agent's state at every frame.
     """
     act_space = env.act_space
     zero_action = np.zeros(act_space["action"].shape, act_space["action"].dtype)
@@ -236,6 +261,8 @@ def run_episodes(
             if on_step:
                 on_step(episode, obs, step)
             if bool(obs["is_last"]):
+                if act_on_last:
+                    act(carry, obs)
                 break
             carry, action = act(carry, obs)
             if index < keep[0] and step < keep[1]:
@@ -247,6 +274,8 @@ def run_episodes(
             episode.obs.append({k: np.asarray(v) for k, v in obs.items() if not k.startswith("log/")})
             episode.actions.append(np.zeros_like(zero_action))
         results.append(episode)
+        if on_episode_end:
+            on_episode_end(episode)
     return results
 
 
@@ -654,14 +683,33 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
         f"{'deterministic' if args.deterministic else 'stochastic'} actions, camera {camera}, "
         f"{width}x{height} at {fps:g} fps.")
 
+    recorder, control = _start_recording(env, agent, loaded, config, args, out, obs_space, act_space)
+
     def act(carry, obs):
-        carry, output = agent.policy(carry, policy_obs(obs), mode=mode)
-        return carry, np.asarray(output["action"], np.float32)[0]
+        carry, control_carry = carry
+        carry, output = agent.policy(carry, policy_obs(obs), mode=mode, record=recorder is not None)
+        action = np.asarray(output["action"], np.float32)[0]
+        if recorder is not None:
+            recorder.step_agent(output["internals"], action)
+        if control is not None:  # the untrained twin reads the same observation and moves with the executed action
+            control_carry, twin = control.policy(control_carry, policy_obs(obs), mode=mode, record=True)
+            recorder.step_agent(twin["internals"], np.asarray(twin["action"], np.float32)[0], "agent_untrained")
+            control_carry = dict(control_carry, action=np.asarray(action[None], np.float32))
+        return (carry, control_carry), action
+
+    def init_carry():
+        return agent.init_policy(1), control.init_policy(1) if control is not None else None
 
     videos: list[str] = []
     state: dict[str, Any] = {"writer": None}
 
+    def on_episode_end(episode: Episode) -> None:
+        if recorder is not None:
+            recorder.end_episode(episode.scores(), episode.frames, episode.length)
+
     def on_step(episode: Episode, obs: dict, step: int) -> None:
+        if recorder is not None:
+            recorder.step_body(env.physics, obs, step)
         writer = state["writer"]
         if writer is None or (args.split and step == 0):
             if writer is not None:
@@ -676,7 +724,12 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
     start = time.time()
     try:
         keep = (DREAM_SEQUENCES, DREAM_LENGTH) if args.dream else (0, 0)
-        episodes = run_episodes(env, act, lambda: agent.init_policy(1), args.episodes, on_step, keep)
+        episodes = run_episodes(env, act, init_carry, args.episodes, on_step, keep, on_episode_end,
+                                act_on_last=recorder is not None)
+    except BaseException:
+        if recorder is not None:
+            recorder.discard()
+        raise
     finally:
         if state["writer"] is not None:
             state["writer"].close()
@@ -712,24 +765,65 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
         video.write_video(dream_path, frames, fps)
         result["dream_video"] = str(dream_path)
         result["dream_mse"] = report.get(f"openloop/{image_key}_mse")
+    if recorder is not None:
+        recorder_start = time.time()
+        path = recorder.close(videos)
+        result["recording"] = {"path": str(path), "bytes": path.stat().st_size, "record_every": recorder.every,
+                               "control": control is not None, "write_seconds": round(time.time() - recorder_start, 2)}
     json_path = out.with_suffix(".json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n")
     log(format_table(scores))
     for path in videos + ([result["dream_video"]] if args.dream else []):
         log(f"Video: {path}")
+    if recorder is not None:
+        log(f"Recording: {result['recording']['path']} ({result['recording']['bytes'] / 1e6:.1f} MB)")
     log(f"Scores: {json_path}")
     result["json"] = str(json_path)
     return result
+
+
+def _start_recording(env, agent, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.Path,
+                     obs_space, act_space):
+    """The NWB recorder for --record (and the untrained twin for --record-control), or (None, None)."""
+    if args.record is None:
+        return None, None
+    from dreamer_rodent import recording
+    from dreamer_rodent.agent import Agent, with_task_keys
+    from dreamer_rodent.config import yaml_dump
+    from tasks import registry
+
+    recording.require_pynwb()
+    control = Agent(obs_space, act_space, with_task_keys(config, obs_space), mesh=None) if args.record_control else None
+    names = recording.BodyReader(env).actuators
+    action_columns = names if len(names) == act_space["action"].shape[0] else \
+        [f"action[{i}]" for i in range(act_space["action"].shape[0])]
+    try:
+        walker = registry.get(config.task).walker
+    except registry.UnknownTaskError:  # the env was built, so only a renamed registry entry lands here
+        walker = ""
+    metadata = {
+        "task": config.task, "walker": walker, "checkpoint": str(loaded.path), "run_dir": str(loaded.run_dir),
+        "env_steps": int(loaded.state.get("counters", {}).get("env_steps", loaded.step)), "seed": int(config.seed),
+        "deterministic": args.deterministic, "record_every": args.record_every, "step_seconds": 1.0 / control_fps(env),
+        "action_repeat": int(config.env.action_repeat), "episodes": args.episodes,
+        "config": yaml_dump(config.to_dict()),
+    }
+    path = pathlib.Path(args.record).expanduser() if args.record else out.with_suffix(".nwb")
+    recorder = recording.Recorder(path, env, recording.agent_series_names(agent.branches), action_columns,
+                                  1.0 / control_fps(env), metadata,
+                                  record_every=args.record_every, control=control is not None)
+    return recorder, control
 
 
 def _known_errors() -> tuple[type, ...]:
     """User-facing error types of the parts eval drives (printed as `error: ...`, no traceback)."""
     from dreamer_rodent.checkpoint import CheckpointError
     from dreamer_rodent.gl_backend import GLBackendError
+    from dreamer_rodent.recording import RecordingError
     from tasks.registry import TaskConfigError, UnknownTaskError
 
-    return CheckpointError, UnknownTaskError, TaskConfigError, GLBackendError
+    return CheckpointError, UnknownTaskError, TaskConfigError, GLBackendError, RecordingError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

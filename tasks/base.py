@@ -98,6 +98,9 @@ class TaskBuild:
     state_dict: Callable[[], dict]
     load_state_dict: Callable[[dict], None]
     keys: tuple[str, ...]
+    # The world beyond the walker for recordings (eval --record): name -> (value, unit, description), e.g. the
+    # target's position. Tasks without one record the walker and the senses only.
+    world_state: Callable[[Any], dict[str, tuple[Any, str, str]]] | None = None
 
 
 def check_keys(keys: Sequence[str]) -> tuple[str, ...]:
@@ -363,6 +366,7 @@ def build(
     log_metrics: Callable[[Any], dict[str, float]] | None = None,
     state_dict: Callable[[], dict] | None = None,
     load_state_dict: Callable[[dict], None] | None = None,
+    world_state: Callable[[Any], dict[str, tuple[Any, str, str]]] | None = None,
     **env_kwargs,
 ) -> TaskBuild:
     """Wraps a composer task into a TaskBuild following `config.env`.
@@ -426,6 +430,7 @@ def build(
         state_dict=state_dict or _no_state,
         load_state_dict=load_state_dict or _ignore_state,
         keys=keys,
+        world_state=world_state,
     )
 
 

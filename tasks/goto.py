@@ -203,6 +203,15 @@ class GoToTarget(composer.Task):
         vector = self._walker.transform_vec_to_egocentric_frame(physics, target - head)
         return np.asarray(vector, np.float64) / self.success_radius
 
+    def world_state(self, physics) -> dict[str, tuple]:
+        """For recordings: where the target is and how far the head is from it."""
+        return {
+            "target_position": (np.array(physics.bind(self._target).pos, np.float64), "m",
+                                "world position (x, y, z) of the current target; it jumps when reached"),
+            "target_distance": (np.float64(self._distance), "m",
+                                "horizontal head-to-target distance (success below task_kwargs.success_radius)"),
+        }
+
     def log_metrics(self, physics) -> dict[str, float]:
         return {
             "distance": self._distance,
@@ -247,6 +256,7 @@ def make_goto(walker_name: str, config, seed: int) -> base.TaskBuild:
         log_metrics=task.log_metrics,
         state_dict=task.curriculum.state_dict,
         load_state_dict=task.curriculum.load_state_dict,
+        world_state=task.world_state,
     )
 
 

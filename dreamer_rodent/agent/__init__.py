@@ -2,6 +2,7 @@
 
     agent = Agent(obs_space, act_space, config, mesh=None)
     carry = agent.init_policy(B); carry, act = agent.policy(carry, obs, mode="train"|"eval")
+    carry, act = agent.policy(carry, obs, mode, record=True)  # + act["internals"] (eval --record)
     tcarry = agent.init_train(B); tcarry, metrics = agent.train(tcarry, batch)
     metrics = agent.report(batch); arrays = agent.save(); agent.load(arrays); agent.param_count()
 

@@ -196,6 +196,7 @@ class Agent:
         self.spec = build_spec(self.obs_space, self.act_space, config)
         self.nets = Nets(self.spec, self.dtype)
         self.keys = obs_keys(self.spec)
+        self.branches = [k for k, _, _ in self.spec["image"]] + [name for name, _, _, _ in self.spec["groups"]]
         self.ignored_keys = sorted(k for k in self.obs_space
                                    if k not in self.keys and k not in BOOKKEEPING_KEYS and not k.startswith("log/"))
         self.bins = dists.bins(self.ac.bins)
@@ -236,7 +237,7 @@ class Agent:
         self._policy_key = policy_key
         self._posterior = None
         self._train = jax.jit(self._train_step, donate_argnums=(0, 1))
-        self._policy = jax.jit(self._policy_step, static_argnames=("sample",))
+        self._policy = jax.jit(self._policy_step, static_argnames=("sample", "record"))
         self._report = jax.jit(self._report_step)
 
     # ------------------------------------------------------------------ public API
@@ -244,13 +245,20 @@ class Agent:
     def init_policy(self, batch_size: int):
         return self._zero_carry(batch_size)
 
-    def policy(self, carry, obs, mode: str = "train"):
+    def policy(self, carry, obs, mode: str = "train", record: bool = False):
+        """One action per batch row. `record=True` also returns the agent's internals for that step under
+        "internals" (`INTERNALS`: the RSSM state, each encoder branch, the actor's mean and std, the critic's value,
+        the predicted reward and continue), computed by the same function, so the action is the same either way."""
         if mode not in ("train", "eval"):
             raise ValueError(f"policy mode is '{mode}': use 'train' (sample actions) or 'eval' (take the mode).")
         obs = self._select(obs, self.keys + ["is_first"], "policy obs")
         self._policy_key, key = jax.random.split(self._policy_key)
-        carry, action = self._policy(self._state["params"], carry, obs, key, sample=(mode == "train"))
-        return carry, {"action": np.asarray(action, np.float32)}
+        carry, action, internals = self._policy(self._state["params"], carry, obs, key, sample=(mode == "train"),
+                                                record=record)
+        out = {"action": np.asarray(action, np.float32)}
+        if record:
+            out["internals"] = {k: np.asarray(v) for k, v in jax.device_get(internals).items()}
+        return carry, out
 
     def init_train(self, batch_size: int):
         return self._put(self._zero_carry(batch_size), self._sharded, batch_size)
@@ -563,18 +571,33 @@ class Agent:
         new = {"params": params, "opt": opt, "slow": slow, "retnorm": retnorm, "step": state["step"] + 1, "key": key}
         return new, sg(last), metrics, posterior
 
-    def _policy_step(self, params, carry, obs, key, sample: bool):
+    def _policy_step(self, params, carry, obs, key, sample: bool, record: bool = False):
         first = obs["is_first"]
         m = 1.0 - first.astype(f32)[:, None]
         deter = self._apply(params, Nets.core, carry["deter"] * m, carry["stoch"] * m[..., None], carry["action"] * m)
-        embed = self._apply(params, Nets.encode, obs)
+        parts = self._apply(params, Nets.encode_parts, obs)
+        embed = jnp.concatenate([parts[name].astype(self.dtype) for name in self.branches], -1)  # encode's order
         logits = self._apply(params, Nets.posterior, deter, embed)
         k1, k2 = jax.random.split(key)
         stoch = dists.sample_onehot(k1, logits) if sample else dists.mode_onehot(logits)
-        mean, std = self._apply(params, Nets.actor, feature(deter, stoch))
+        feat = feature(deter, stoch)
+        mean, std = self._apply(params, Nets.actor, feat)
         action = mean + std * jax.random.normal(k2, mean.shape, f32) if sample else mean
         action = jnp.clip(action, -1.0, 1.0)
-        return {"deter": deter, "stoch": sg(stoch), "action": action}, action
+        internals = {}
+        if record:
+            internals = {
+                "deter": deter.astype(f32),
+                "stoch_probs": jax.nn.softmax(logits.astype(f32), -1),
+                "stoch": jax.nn.one_hot(jnp.argmax(stoch, -1), stoch.shape[-1], dtype=jnp.uint8),  # no ST residue
+                **{f"embed/{name}": part.astype(f32) for name, part in parts.items()},
+                "actor_mean": mean.astype(f32),
+                "actor_std": std.astype(f32),
+                "value": dists.twohot_mean(self._apply(params, Nets.critic, feat), self.bins),
+                "reward": dists.twohot_mean(self._apply(params, Nets.reward, feat), self.bins),
+                "cont": jax.nn.sigmoid(self._apply(params, Nets.cont, feat).astype(f32)),
+            }
+        return {"deter": deter, "stoch": sg(stoch), "action": action}, action, internals
 
     def _report_step(self, state, batch):
         """Losses on the batch (no update) and open-loop prediction videos per image key."""

@@ -210,12 +210,16 @@ class Nets(nn.Module):
 
     def encode(self, obs):
         """obs: dict of raw arrays with shared leading dims. Returns the fused embedding."""
-        parts = [self.img_enc[k](obs[k]) for k, _, _ in self.spec["image"]]
+        return jnp.concatenate([p.astype(self.dtype) for p in self.encode_parts(obs).values()], -1)
+
+    def encode_parts(self, obs):
+        """Each encoder branch's embedding by name (image keys, then the vector groups), in `encode`'s order."""
+        parts = {k: self.img_enc[k](obs[k]) for k, _, _ in self.spec["image"]}
         for name, keys, _, _ in self.spec["groups"]:
             x = jnp.concatenate([obs[k].reshape(obs[k].shape[: obs["is_first"].ndim] + (-1,)).astype(f32)
                                  for k in keys], -1)
-            parts.append(self.vec_enc[name](dists.symlog(x)))
-        return jnp.concatenate([p.astype(self.dtype) for p in parts], -1)
+            parts[name] = self.vec_enc[name](dists.symlog(x))
+        return parts
 
     def decode(self, feat):
         """Returns {image key: pixels in [0,1]} and {group name: symlog prediction}."""
