@@ -236,8 +236,13 @@ class Env:
                 return self._camera_id(short)
         return names[0]
 
-    def render(self, camera: str | None = None, width: int = 320, height: int = 240) -> np.ndarray:
-        """A third-person RGB view (uint8 [height, width, 3]) with cheap render flags."""
+    def render(self, camera: str | None = None, width: int = 320, height: int = 240,
+               collision: bool = False) -> np.ndarray:
+        """A third-person RGB view (uint8 [height, width, 3]) with cheap render flags.
+
+        A walker with a skin (the rat, the mouse) is shown as its skin: its geoms, all
+        collision capsules, poke through it in teal and are hidden unless `collision`.
+        """
         from dm_control.mujoco import engine
 
         camera_id = self._camera_id(camera or self.default_camera)
@@ -248,8 +253,10 @@ class Env:
             if len(self._cameras) >= 8:
                 self._cameras.clear()
             self._cameras[key] = engine.Camera(physics, height=int(height), width=int(width), camera_id=camera_id)
-        pixels = self._cameras[key].render(render_flag_overrides=dict(self._base.CHEAP_RENDER_FLAGS))
-        return np.asarray(pixels, np.uint8)
+        option = None if collision or not physics.model.nskin else self._base.skin_scene_option()
+        pixels = self._cameras[key].render(scene_option=option,
+                                           render_flag_overrides=dict(self._base.CHEAP_RENDER_FLAGS))
+        return np.array(pixels, np.uint8)  # a copy: the camera reuses its buffer for the next frame
 
     def close(self) -> None:
         if not self._closed:

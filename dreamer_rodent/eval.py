@@ -54,6 +54,7 @@ class EvalArgs:
     deterministic: bool = True
     split: bool = False
     dream: bool = False
+    collision: bool = False
     record: str | None = None  # "" : beside the MP4 with .nwb
     record_every: int = 1
     record_control: bool = False
@@ -123,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions as in training")
     parser.add_argument("--split", action="store_true", help="one MP4 per episode instead of one concatenated file")
     parser.add_argument("--dream", action="store_true", help="also write <stem>_dream.mp4: world-model open-loop predictions")
+    parser.add_argument("--collision", action="store_true",
+                        help="show the walker's collision geoms in the video (by default a skinned rodent shows its skin)")
     parser.add_argument("--record", nargs="?", const="", default=None, metavar="PATH.nwb",
                         help="also write an NWB file of every step: the agent's internal state, the body's kinematics, "
                              "the senses (default path: the MP4's with .nwb; needs pip install -e '.[nwb]')")
@@ -166,6 +169,7 @@ def parse_eval_args(argv: Sequence[str]) -> EvalArgs:
         deterministic=known.deterministic,
         split=known.split,
         dream=known.dream,
+        collision=known.collision,
         record=known.record,
         record_every=known.record_every or 1,
         record_control=known.record_control,
@@ -717,7 +721,7 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
             path = out.with_name(f"{out.stem}_ep{episode.index + 1:03d}.mp4") if args.split else out
             writer = state["writer"] = video.VideoWriter(path, fps)
             videos.append(str(path))
-        view = env.render(camera, width, height)
+        view = env.render(camera, width, height, collision=args.collision)
         writer.append(compose_frame(view, obs, frame_text(episode, args.episodes, obs, step), image_key))
         episode.frames += 1
 

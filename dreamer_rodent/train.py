@@ -754,8 +754,8 @@ class Trainer:
         scalars = {}
         for key, value in report.items():
             value = np.asarray(value)
-            if value.dtype == np.uint8 and value.ndim >= 4:
-                self.logger.video(step, key, value[:4] if value.ndim == 5 else value)
+            if value.dtype == np.uint8 and value.ndim >= 4:  # under report/ with its scalars (openloop/image_mse)
+                self.logger.video(step, f"report/{key}", value[:4] if value.ndim == 5 else value)
             elif value.size == 1:
                 scalars[f"report/{key}"] = float(value.reshape(()))
         self.logger.scalars(step, scalars)

@@ -155,6 +155,13 @@ def ego_scene_option() -> mj_wrapper.MjvOption:
     return option
 
 
+def skin_scene_option():
+    """Third-person views for people: the walker's skin without its collision geoms (WALKER_GEOM_GROUP)."""
+    option = mj_wrapper.MjvOption()
+    option.geomgroup[WALKER_GEOM_GROUP] = 0
+    return option
+
+
 class ReusedCamera(observable_lib.MJCFCamera):
     """An MJCFCamera that builds its MuJoCo camera (and scene) once per episode.
 

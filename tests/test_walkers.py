@@ -106,3 +106,24 @@ def test_bad_camera_name_lists_the_walker_cameras():
         base.make_walker("rat", _config(**{"env.camera": "egocentrik"}))
     with pytest.raises(ValueError, match="unknown walker 'hamster'.*rat, mouse, ball"):
         base.make_walker("hamster", _config())
+
+
+@pytest.mark.parametrize("task", ["rodent_goto", "ball_goto"])
+def test_third_person_view_shows_the_skin_not_the_collision_capsules(task):
+    env = make_env(build_config(["debug"], {"task": task}), 0)
+    try:
+        env.step({"action": np.zeros(env.act_space["action"].shape, np.float32), "reset": True})
+
+        def teal(frame):  # the rat's collision geoms are (0, 0.6, 0.7) and (0, 0.5, 0.5); its skin is grey
+            f = frame.astype(int)
+            return int(np.sum((f[..., 1] - f[..., 0] > 60) & (f[..., 2] - f[..., 0] > 60)))
+
+        plain, debug = env.render(None, 160, 120), env.render(None, 160, 120, collision=True)
+        if env.physics.model.nskin:  # the rat: skin only by default, the capsules on request
+            assert teal(plain) == 0 and teal(debug) > 10
+            assert np.mean(np.abs(plain.astype(int) - debug.astype(int))) > 0.1
+        else:  # the ball has no skin: its geoms are its body and stay visible
+            assert np.array_equal(plain, debug)
+            assert np.std(plain) > 5
+    finally:
+        env.close()
