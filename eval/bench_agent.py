@@ -5,14 +5,26 @@ machine; prints a ready markdown table with the load average.
 
     python eval/bench_agent.py                       # the RESULTS.md table
     python eval/bench_agent.py --rows size1m:float32:proprio --seconds 20
+    python eval/bench_agent.py --rows size12m:bfloat16:image --flops --peak-tflops 989 --isolate --json out.json
+
+`--flops` adds the train step's FLOPs from XLA's cost analysis and the achieved
+TFLOP/s (model FLOPs utilisation against `--peak-tflops`, the chip's dense peak
+for the row's dtype). `--isolate` runs every row in its own process, so that
+the peak RSS column is that row's alone. The persistent compilation cache
+(`jax.cache_dir`) is on, as in training: "compile s" is a cold compile only the
+first time a row runs on a machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import pathlib
 import platform
+import resource
 import subprocess
+import sys
 import time
 
 import jax
@@ -70,13 +82,30 @@ def parse_row(row: str):
     return preset, dtype, kind, config
 
 
-def bench_row(preset: str, kind: str, config, batch: int, length: int, envs: int, seconds: float):
+def train_flops(agent, carry, data) -> float | None:
+    """FLOPs of one train step as XLA counts them (None where the backend does not say)."""
+    batch = agent._train_batch(data)
+    carry = agent._put(carry, agent._sharded, batch["is_first"].shape[0])
+    cost = agent._train.lower(agent._state, carry, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def bench_row(preset: str, kind: str, config, batch: int, length: int, envs: int, seconds: float,
+              flops: bool = False):
     image_size = 16 if preset == "debug" else 64
     obs_space, act_space = spaces(kind, image_size)
     rng = np.random.default_rng(0)
     agent = Agent(obs_space, act_space, config)
     data = random_batch(obs_space, act_space, (batch, length), rng)
     carry = agent.init_train(batch)
+    step_flops = train_flops(agent, carry, data) if flops else None
     start = time.perf_counter()
     carry, metrics = agent.train(carry, data)
     compile_s = time.perf_counter() - start
@@ -100,6 +129,8 @@ def bench_row(preset: str, kind: str, config, batch: int, length: int, envs: int
         "params": agent.param_count(), "train_sps": batch * length / train_s, "train_ms": 1e3 * train_s,
         "compile_s": compile_s, "policy_sps": envs / policy_s, "policy_ms": 1e3 * policy_s,
         "policy_compile_s": pcompile_s, "iters": iters, "load": os.getloadavg(),
+        "flops": step_flops, "tflops_per_s": step_flops / train_s / 1e12 if step_flops else None,
+        "peak_rss_gb": peak_rss_gb(),
     }
 
 
@@ -113,7 +144,7 @@ def preset_counts():
     return rows
 
 
-def main():
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS,
                         help="preset:dtype:obs[:actor_grad] (obs = proprio | image; actor_grad = backprop | reinforce)")
@@ -122,35 +153,85 @@ def main():
     parser.add_argument("--envs", type=int, default=16, help="batch of the policy benchmark")
     parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per row (at least 1 update after the compiling one)")
     parser.add_argument("--no-counts", action="store_true", help="skip the preset parameter-count table")
-    args = parser.parse_args()
+    parser.add_argument("--flops", action="store_true", help="FLOPs per update (XLA cost analysis) and TFLOP/s")
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="the chip's peak TFLOP/s: adds MFU (needs --flops)")
+    parser.add_argument("--isolate", action="store_true", help="one process per row (its own peak RSS)")
+    parser.add_argument("--json", default="", help="also write the rows to this file")
+    parser.add_argument("--platform", default="auto", help="jax.platform for the rows: auto | cpu | gpu")
+    args = parser.parse_args(argv)
+    if args.platform != "auto":
+        jax.config.update("jax_platforms", args.platform)
+    cache = os.path.expanduser(str(build_config([]).jax.cache_dir or ""))
+    if cache:  # as training does: a rerun (or the --flops lowering) reuses the compiled step
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = "?"
     cpu = platform.processor() or platform.machine()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s), {os.cpu_count()} cores, "
-          f"{cpu}); commit {commit}; batch {args.batch} x length {args.length}; policy batch {args.envs}")
-    print(f"load average before: {os.getloadavg()}")
-    lines = [
-        "| preset | dtype | obs | actor grad | params | train replayed steps/s | ms/update | compile s | "
-        "policy steps/s | ms/policy step | policy compile s | load (1 min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in args.rows:
-        preset, dtype, kind, config = parse_row(row)
-        r = bench_row(preset, kind, config, args.batch, args.length, args.envs, args.seconds)
-        line = (f"| {preset} | {dtype} | {kind} | {config.agent.actor_grad} | {r['params'] / 1e6:.2f}M | {r['train_sps']:,.0f} | {r['train_ms']:.0f} | "
-                f"{r['compile_s']:.1f} | {r['policy_sps']:,.0f} | {r['policy_ms']:.2f} | {r['policy_compile_s']:.1f} | "
-                f"{r['load'][0]:.2f} |")
-        print(line, flush=True)
-        lines.append(line)
+    device = jax.devices()[0]
+    print(f"jax {jax.__version__} on {device.platform} ({device.device_kind}; {jax.device_count()} device(s), "
+          f"{os.cpu_count()} cores, {cpu}); commit {commit}; batch {args.batch} x length {args.length}; "
+          f"policy batch {args.envs}")
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    rows = isolated(args) if args.isolate else [measure(row, args) for row in args.rows]
     print(f"\nload average after: {os.getloadavg()}\n")
-    print("\n".join(lines))
+    print("\n".join(table(rows, args.peak_tflops)))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"rows": rows, "device": device.device_kind,
+                                                       "commit": commit}, indent=1) + "\n")
     if not args.no_counts:
         print("\nParameter counts (image 64x64x3, vestibular 12, proprio 100, target 3; action 38):\n")
         print("| preset | params | vs name |\n|---|---|---|")
         print("\n".join(preset_counts()))
+    return 0
+
+
+def measure(row: str, args) -> dict:
+    preset, dtype, kind, config = parse_row(row)
+    r = bench_row(preset, kind, config, args.batch, args.length, args.envs, args.seconds, flops=args.flops)
+    r.update(row=row, preset=preset, dtype=dtype, obs=kind, actor_grad=config.agent.actor_grad,
+             load=list(r["load"]))
+    print(table([r], args.peak_tflops)[-1], flush=True)
+    return r
+
+
+def isolated(args) -> list[dict]:
+    """Each row in a child process of this script: its peak RSS is that row's alone."""
+    import tempfile
+
+    rows = []
+    for row in args.rows:
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            argv = [sys.executable, __file__, "--rows", row, "--no-counts", "--json", out.name,
+                    "--batch", str(args.batch), "--length", str(args.length), "--envs", str(args.envs),
+                    "--seconds", str(args.seconds), "--platform", args.platform,
+                    "--peak-tflops", str(args.peak_tflops)] + (["--flops"] if args.flops else [])
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+            rows += json.loads(pathlib.Path(out.name).read_text())["rows"]
+        print(table(rows[-1:], args.peak_tflops)[-1], flush=True)
+    return rows
+
+
+def table(rows: list[dict], peak_tflops: float = 0.0) -> list[str]:
+    lines = [
+        "| preset | dtype | obs | actor grad | params | train replayed steps/s | ms/update | compile s | "
+        "policy steps/s | ms/policy step | policy compile s | GFLOP/update | TFLOP/s | MFU | peak RSS GB | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tflops = r.get("tflops_per_s")
+        mfu = f"{100 * tflops / peak_tflops:.1f}%" if tflops and peak_tflops > 0 else ""
+        gflops = "" if r.get("flops") is None else f"{r['flops'] / 1e9:.1f}"
+        lines.append(
+            f"| {r['preset']} | {r['dtype']} | {r['obs']} | {r['actor_grad']} | {r['params'] / 1e6:.2f}M | "
+            f"{r['train_sps']:,.0f} | {r['train_ms']:.0f} | {r['compile_s']:.1f} | {r['policy_sps']:,.0f} | "
+            f"{r['policy_ms']:.2f} | {r['policy_compile_s']:.1f} | "
+            f"{gflops} | "
+            f"{'' if tflops is None else f'{tflops:.3f}'} | {mfu} | {r['peak_rss_gb']:.2f} | {r['load'][0]:.2f} |")
+    return lines
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

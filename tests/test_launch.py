@@ -252,7 +252,7 @@ def _shellcheck() -> str | None:
     return str(venv_bin) if venv_bin.exists() else shutil.which("shellcheck")
 
 
-@pytest.mark.parametrize("script", LAUNCHERS + [ENTRYPOINT], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", LAUNCHERS + [ENTRYPOINT, REPO / "eval" / "gpu_check.sh"], ids=lambda p: p.name)
 def test_script_passes_shellcheck(script):
     binary = _shellcheck()
     if binary is None:
