@@ -64,6 +64,7 @@ class Env:
         self._done = False
         self._closed = False
         self._cameras: dict = {}
+        self._skin_option = None  # built on the first third-person render of a skinned walker
         first = self._convert(self._pending.observation, 0.0, True, False, False)
         self._columns = self._make_columns(self._pending.observation)
         self._obs_space = self._make_obs_space(first)
@@ -253,7 +254,11 @@ class Env:
             if len(self._cameras) >= 8:
                 self._cameras.clear()
             self._cameras[key] = engine.Camera(physics, height=int(height), width=int(width), camera_id=camera_id)
-        option = None if collision or not physics.model.nskin else self._base.skin_scene_option()
+        option = None
+        if physics.model.nskin and not collision:
+            if self._skin_option is None:
+                self._skin_option = self._base.skin_scene_option()
+            option = self._skin_option
         pixels = self._cameras[key].render(scene_option=option,
                                            render_flag_overrides=dict(self._base.CHEAP_RENDER_FLAGS))
         return np.array(pixels, np.uint8)  # a copy: the camera reuses its buffer for the next frame

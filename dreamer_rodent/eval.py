@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint: a video of the rodent and the numbers.
+"""Evaluate a checkpoint: a video of the rodent and the numbers (the command line and the orchestration;
+the rollout is dreamer_rodent/rollout.py, the frames overlay.py, the numbers scores.py, NWB recording.py).
 
     python -m dreamer_rodent.eval --checkpoint RUN_DIR_OR_CHECKPOINT [--episodes N]
         [--seed S] [--out video.mp4] [--camera NAME] [--size WxH]
@@ -30,15 +31,11 @@ import numpy as np
 import dreamer_rodent  # noqa: F401  (sets MUJOCO_GL before dm_control is imported)
 from dreamer_rodent import cli_help, gl_backend, video
 from dreamer_rodent.config import Config, ConfigError, split_flags
+from dreamer_rodent.overlay import DREAM_LENGTH, DREAM_SEQUENCES, compose_frame, dream_batch, dream_frames, frame_text
+from dreamer_rodent.rollout import EvalError, Episode, policy_obs, run_episodes
+from dreamer_rodent.scores import format_table, strict_json, summarize
 
 DEFAULT_FPS = 50.0  # the rodents' 20 ms control step
-DREAM_SEQUENCES = 4  # episodes shown one above the other in the dream video
-DREAM_LENGTH = 150  # steps per dream sequence (3 s at 50 Hz); shorter episodes cut it
-DREAM_MIN_HEIGHT = 96  # dream panels are upscaled (nearest) to at least this many pixels per row
-
-
-class EvalError(Exception):
-    """Evaluation cannot go on; the message says what is wrong and how to fix it."""
 
 
 @dataclasses.dataclass
@@ -59,43 +56,6 @@ class EvalArgs:
     record_every: int = 1
     record_control: bool = False
     overrides: dict = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class Episode:
-    """One evaluated episode: its scores and, for --dream, what the agent saw and did."""
-
-    index: int
-    ret: float = 0.0
-    length: int = 0
-    success: bool | None = None
-    terminal: bool = False
-    final_distance: float | None = None
-    min_distance: float | None = None
-    level: int | None = None
-    targets: int | None = None
-    targets_per_min: float | None = None
-    first_reach_s: float | None = None
-    frames: int = 0
-    metrics: dict = dataclasses.field(default_factory=dict)  # every `log/` key of the task: its finite step values
-    obs: list = dataclasses.field(default_factory=list)
-    actions: list = dataclasses.field(default_factory=list)
-
-    def scores(self) -> dict:
-        """The episode's numbers; a field the task has no metric for (a suite task's distance) is left out."""
-        scores = {"episode": self.index + 1, "return": self.ret, "length": self.length, "terminal": self.terminal}
-        for key, value in (("success", self.success), ("final_distance", self.final_distance),
-                           ("min_distance", self.min_distance), ("level", self.level),
-                           ("targets_reached", self.targets), ("targets_per_min", self.targets_per_min)):
-            if value is not None:
-                scores[key] = value
-        if self.targets_per_min is not None:
-            scores["first_reach_s"] = self.first_reach_s  # None (JSON null): no target reached
-        scores["metrics"] = {name: spread(values) for name, values in sorted(self.metrics.items()) if values}
-        return scores
-
-
-OVERLAY_METRICS = 4  # task metrics beyond the go-to ones written on a frame
 
 
 # ---------------------------------------------------------------------------
@@ -198,7 +158,8 @@ def eval_config(run_config: Config, args: EvalArgs, trained_level: int | None = 
         config = run_config.update(args.overrides) if args.overrides else run_config
     except ConfigError as e:
         raise EvalError(f"{e} (eval flags: --episodes --seed --out --camera --size --level --distance "
-                        "--deterministic --stochastic --split --dream; other flags must be config keys)") from None
+                        "--deterministic --stochastic --split --dream --collision --record --record-every "
+                        "--record-control; other flags must be config keys)") from None
     updates: dict[str, Any] = {"run.envs": 1}
     if args.seed is not None:
         updates["seed"] = args.seed
@@ -215,274 +176,6 @@ def eval_config(run_config: Config, args: EvalArgs, trained_level: int | None = 
             )
         updates["task_kwargs.level"] = int(level)
     return config.update(updates)
-
-
-# ---------------------------------------------------------------------------
-# Rollouts.
-
-
-def policy_obs(obs: dict) -> dict:
-    """What the agent sees: every key but the `log/` metrics, batched to [1, ...]."""
-    return {k: np.asarray(v)[None] for k, v in obs.items() if not k.startswith("log/")}
-
-
-def _scalar(obs: dict, key: str):
-    value = obs.get(key)
-    return None if value is None else float(np.asarray(value).reshape(-1)[0])
-
-
-def run_episodes(
-    env,
-    act: Callable[[Any, dict], tuple[Any, np.ndarray]],
-    init_carry: Callable[[], Any],
-    episodes: int,
-    on_step: Callable[[Episode, dict, int], None] | None = None,
-    keep: tuple[int, int] = (0, 0),
-    on_episode_end: Callable[[Episode], None] | None = None,
-    act_on_last: bool = False,
-) -> list[Episode]:
-    """Rolls out whole episodes; `on_step(episode, obs, step)` sees every observation.
-
-    Step 0 is the episode's first observation; the return and length count the
-    steps after it, so a video has length + 1 frames per episode. `keep =
-    (episodes, steps)` records the agent's observations and actions of the first
-    steps of the first episodes (for --dream), and no more, to bound memory.
-    `act_on_last` lets the policy see the last observation too (its action is
-    not executed), so a recording has the agent's state at every frame.
-    """
-    act_space = env.act_space
-    zero_action = np.zeros(act_space["action"].shape, act_space["action"].dtype)
-    results = []
-    for index in range(episodes):
-        episode = Episode(index)
-        obs = env.step({"action": zero_action, "reset": True})
-        if not bool(obs["is_first"]):
-            raise EvalError("the env did not start a new episode on reset (is_first is false).")
-        carry = init_carry()
-        step = 0
-        while True:
-            _record(episode, obs, step)
-            if on_step:
-                on_step(episode, obs, step)
-            if bool(obs["is_last"]):
-                if act_on_last:
-                    act(carry, obs)
-                break
-            carry, action = act(carry, obs)
-            if index < keep[0] and step < keep[1]:
-                episode.obs.append({k: np.asarray(v) for k, v in obs.items() if not k.startswith("log/")})
-                episode.actions.append(action)
-            obs = env.step({"action": action, "reset": False})
-            step += 1
-        if index < keep[0] and step < keep[1]:  # the last observation has no action after it
-            episode.obs.append({k: np.asarray(v) for k, v in obs.items() if not k.startswith("log/")})
-            episode.actions.append(np.zeros_like(zero_action))
-        results.append(episode)
-        if on_episode_end:
-            on_episode_end(episode)
-    return results
-
-
-def _record(episode: Episode, obs: dict, step: int) -> None:
-    if step > 0:
-        episode.ret += float(obs["reward"])
-        episode.length = step
-    episode.terminal = bool(obs.get("is_terminal", False))
-    for key, value in obs.items():
-        if key.startswith("log/"):
-            value = float(np.asarray(value).reshape(-1)[0])
-            values = episode.metrics.setdefault(key[len("log/"):], [])
-            if math.isfinite(value):
-                values.append(value)
-    success = _scalar(obs, "log/success")
-    if success is not None:
-        episode.success = bool(episode.success) or success > 0.5
-    distance = _scalar(obs, "log/distance")
-    if distance is not None:
-        episode.final_distance = distance
-        episode.min_distance = distance if episode.min_distance is None else min(episode.min_distance, distance)
-    targets = _scalar(obs, "log/targets_reached")
-    if targets is not None:
-        episode.targets = int(targets)
-    rate = _scalar(obs, "log/targets_per_min")
-    if rate is not None:
-        episode.targets_per_min = rate
-    first = _scalar(obs, "log/first_reach_s")
-    if first is not None:  # NaN until the first reach; strict JSON has no NaN, so None stands for it
-        episode.first_reach_s = first if math.isfinite(first) else None
-    level = _scalar(obs, "log/curriculum_episode_level")
-    level = _scalar(obs, "log/curriculum_level") if level is None else level
-    level = _scalar(obs, "log/level") if level is None else level
-    if level is not None:
-        episode.level = int(level)
-
-
-def frame_text(episode: Episode, episodes: int, obs: dict, step: int) -> list[str]:
-    """The numbers printed on a frame: where we are, what the agent earned, how close it is."""
-    lines = [f"episode {episode.index + 1}/{episodes}  step {step}"]
-    lines.append(f"reward {float(obs['reward']):+.3f}  return {episode.ret:.2f}")
-    if episode.final_distance is not None:
-        lines.append(f"distance {episode.final_distance:.3f} m")
-    if episode.success is not None:
-        reached = f" ({episode.targets} targets)" if episode.targets is not None else ""
-        lines.append("success " + ("yes" if episode.success else "no") + reached)
-    if episode.targets_per_min is not None:
-        first = f"  first at {episode.first_reach_s:.1f} s" if episode.first_reach_s is not None else ""
-        lines.append(f"{episode.targets_per_min:.1f} targets/min{first}")
-    if episode.level is not None:
-        lines.append(f"level {episode.level}")
-    shown = {"success", "distance", "targets_reached", "targets_per_min", "first_reach_s"}
-    others = [k for k in sorted(episode.metrics) if k not in shown and not k.startswith(("curriculum", "level"))]
-    for name in others[:OVERLAY_METRICS]:  # the task's own metrics (a maze's targets, a bowl's height, ...)
-        value = _scalar(obs, "log/" + name)
-        if value is not None and math.isfinite(value):
-            lines.append(f"{name} {value:.3g}")
-    return lines
-
-
-def compose_frame(view: np.ndarray, obs: dict, lines: Sequence[str], image_key: str | None = "image") -> np.ndarray:
-    """Third-person view + numbers (top-left) + egocentric inset (top-right, drawn last so it stays whole)."""
-    frame = video.draw_text(view, lines, corner="top-left")
-    if image_key and image_key in obs:
-        frame = video.add_inset(frame, obs[image_key], corner="top-right")
-    return frame
-
-
-# ---------------------------------------------------------------------------
-# Scores.
-
-
-def spread(values: Sequence[float]) -> dict:
-    values = np.asarray(list(values), np.float64)
-    return {
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "min": float(values.min()),
-        "max": float(values.max()),
-    }
-
-
-def summarize(episodes: Sequence[Episode]) -> dict:
-    """Mean and spread of return and length, success rate, and the per-episode list."""
-    if not episodes:
-        raise EvalError("no episodes were evaluated.")
-    successes = [e.success for e in episodes if e.success is not None]
-    distances = [e.final_distance for e in episodes if e.final_distance is not None]
-    rates = [e.targets_per_min for e in episodes if e.targets_per_min is not None]
-    firsts = [e.first_reach_s for e in episodes if e.first_reach_s is not None]
-    scores = {"episodes": len(episodes), "return": spread([e.ret for e in episodes]),
-              "length": spread([e.length for e in episodes])}
-    # Only the measures the task has: a suite task gets no success, distance or reach fields at all.
-    if successes:
-        scores["success_rate"] = float(np.mean(successes))
-    if distances:
-        scores["final_distance"] = spread(distances)
-    if rates:
-        scores["targets_per_min"] = spread(rates)
-        # Over the episodes that reached a target (success_rate says how many did); None if none did.
-        scores["first_reach_s"] = spread(firsts) if firsts else None
-    # Every `log/` metric of the task: the spread over episodes of each episode's mean.
-    names = sorted({name for e in episodes for name, values in e.metrics.items() if values})
-    scores["metrics"] = {name: spread([np.mean(e.metrics[name]) for e in episodes if e.metrics.get(name)])
-                         for name in names}
-    scores["per_episode"] = [e.scores() for e in episodes]
-    return scores
-
-
-def strict_json(value):
-    """`value` with every NaN or infinite float replaced by None: the scores file is strict JSON (no NaN)."""
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def format_table(scores: dict) -> str:
-    """The per-episode table and the summary lines printed after evaluation (columns the task has)."""
-    def show(value, fmt="{}"):
-        return "-" if value is None else fmt.format(value)
-
-    columns = [("episode", "episode", 7, "{}"), ("return", "return", 10, "{:.3f}"), ("length", "length", 6, "{}")]
-    optional = [("success", "success", 7, None), ("targets_reached", "targets", 7, "{}"),
-                ("targets_per_min", "per min", 7, "{:.2f}"), ("first_reach_s", "1st at s", 8, "{:.2f}"),
-                ("final_distance", "final dist", 10, "{:.3f}"), ("level", "level", 5, "{}")]
-    columns += [c for c in optional if any(c[0] in e for e in scores["per_episode"])]
-    header = "  ".join(f"{title:>{width}}" for _, title, width, _ in columns)
-    rows = [header, "-" * len(header)]
-    for e in scores["per_episode"]:
-        cells = []
-        for key, _, width, fmt in columns:
-            value = e.get(key)
-            text = ("yes" if value else "no") if key == "success" and value is not None else show(value, fmt or "{}")
-            cells.append(f"{text:>{width}}")
-        rows.append("  ".join(cells))
-    rows.append("-" * len(header))
-    for name in ("return", "length", "final_distance", "targets_per_min", "first_reach_s"):
-        s = scores.get(name)
-        if s:
-            rows.append(f"{name:<15} mean {s['mean']:.3f}  std {s['std']:.3f}  min {s['min']:.3f}  max {s['max']:.3f}")
-    if "success_rate" in scores:
-        rows.append(f"{'success_rate':<15} {scores['success_rate']:.3f}")
-    shown = {"success", "distance", "targets_per_min", "first_reach_s"}
-    for name, s in scores.get("metrics", {}).items():
-        if name not in shown:
-            rows.append(f"log/{name:<11} mean {s['mean']:.4g}  std {s['std']:.4g}  min {s['min']:.4g}  "
-                        f"max {s['max']:.4g}")
-    return "\n".join(rows)
-
-
-# ---------------------------------------------------------------------------
-# Dream video.
-
-
-def dream_batch(episodes: Sequence[Episode], max_sequences: int = DREAM_SEQUENCES, length: int = DREAM_LENGTH) -> dict:
-    """Stacks the start of up to `max_sequences` recorded episodes into a [B, T, ...] batch.
-
-    All sequences are cut to the shortest one (and to `length` when given) so
-    they share T. `action[:, t]` is the action chosen after seeing obs t.
-    """
-    chosen = [e for e in episodes if e.obs][:max_sequences]
-    if not chosen:
-        raise EvalError("--dream needs recorded episodes, but none were kept.")
-    steps = min(min(len(e.obs) for e in chosen), length)
-    if steps < 2:
-        raise EvalError("--dream needs episodes of at least 2 steps; raise --env.time_limit.")
-    batch = {key: np.stack([np.stack([o[key] for o in e.obs[:steps]]) for e in chosen]) for key in chosen[0].obs[0]}
-    batch["action"] = np.stack([np.stack(e.actions[:steps]) for e in chosen]).astype(np.float32)
-    return batch
-
-
-def dream_frames(report: dict, image_key: str = "image", context: int | None = None) -> list[np.ndarray]:
-    """Frames of the agent's open-loop prediction video, upscaled and labelled.
-
-    The first `context` steps the model observed real frames; after that it
-    imagines from the actions alone, so the error column shows where it drifts.
-    """
-    key = f"openloop/{image_key}"
-    if key not in report:
-        known = sorted(k for k in report if k.startswith("openloop/"))
-        raise EvalError(
-            f"the agent's report has no '{key}' (it has {known or 'no open-loop videos'}); "
-            "--dream needs a run with an image key in env.keys."
-        )
-    clip = np.asarray(report[key])
-    if clip.ndim not in (4, 5):
-        raise EvalError(f"'{key}' has shape {clip.shape}; expected [T, H, W, 3] or [B, T, H, W, 3].")
-    factor = max(1, math.ceil(DREAM_MIN_HEIGHT / clip.shape[-3]))  # per panel, before stacking
-    if clip.ndim == 5:
-        clip = video.stack_rows(clip)
-    steps = len(clip)
-    if context is not None:
-        context = max(1, min(int(context), steps - 1))  # as the agent clamps it
-    frames = []
-    for t, frame in enumerate(clip):
-        frame = video.label_columns(video.upscale(frame, factor), ["truth", "prediction", "error"])
-        phase = "" if context is None else ("  observed" if t < context else "  imagined")
-        frames.append(video.draw_text(frame, [f"step {t}{phase}"], corner="bottom-left"))
-    return frames
 
 
 # ---------------------------------------------------------------------------
@@ -688,103 +381,104 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
         f"{width}x{height} at {fps:g} fps.")
 
     recorder, control = _start_recording(env, agent, loaded, config, args, out, obs_space, act_space)
+    try:  # the spool of an unfinished recording goes, whatever ends the evaluation (close() has already removed it)
 
-    def act(carry, obs):
-        carry, control_carry = carry
-        carry, output = agent.policy(carry, policy_obs(obs), mode=mode, record=recorder is not None)
-        action = np.asarray(output["action"], np.float32)[0]
+        def act(carry, obs):
+            carry, control_carry = carry
+            carry, output = agent.policy(carry, policy_obs(obs), mode=mode, record=recorder is not None)
+            action = np.asarray(output["action"], np.float32)[0]
+            if recorder is not None:
+                recorder.step_agent(output["internals"], action)
+            if control is not None:  # the untrained twin reads the same observation and moves with the executed action
+                control_carry, twin = control.policy(control_carry, policy_obs(obs), mode=mode, record=True)
+                recorder.step_agent(twin["internals"], np.asarray(twin["action"], np.float32)[0], "agent_untrained")
+                control_carry = dict(control_carry, action=np.asarray(action[None], np.float32))
+            return (carry, control_carry), action
+
+        def init_carry():
+            return agent.init_policy(1), control.init_policy(1) if control is not None else None
+
+        videos: list[str] = []
+        state: dict[str, Any] = {"writer": None}
+
+        def on_episode_end(episode: Episode) -> None:
+            if recorder is not None:
+                recorder.end_episode(episode.scores(), episode.frames, episode.length)
+
+        def on_step(episode: Episode, obs: dict, step: int) -> None:
+            if recorder is not None:
+                recorder.step_body(env.physics, obs, step)
+            writer = state["writer"]
+            if writer is None or (args.split and step == 0):
+                if writer is not None:
+                    writer.close()
+                path = out.with_name(f"{out.stem}_ep{episode.index + 1:03d}.mp4") if args.split else out
+                writer = state["writer"] = video.VideoWriter(path, fps)
+                videos.append(str(path))
+            view = env.render(camera, width, height, collision=args.collision)
+            writer.append(compose_frame(view, obs, frame_text(episode, args.episodes, obs, step), image_key))
+            episode.frames += 1
+
+        start = time.time()
+        try:
+            keep = (DREAM_SEQUENCES, DREAM_LENGTH) if args.dream else (0, 0)
+            # The policy sees every last observation too, recording or not, so that --record never changes the
+            # stochastic policy's noise (each call draws a key) and a recording has the agent's state at every frame.
+            episodes = run_episodes(env, act, init_carry, args.episodes, on_step, keep, on_episode_end, act_on_last=True)
+        finally:
+            if state["writer"] is not None:
+                state["writer"].close()
+        scores = summarize(episodes)
+        result = {
+            "checkpoint": str(loaded.path),
+            "run_dir": str(loaded.run_dir),
+            "task": config.task,
+            "env_steps": int(loaded.state.get("counters", {}).get("env_steps", loaded.step)),
+            "settings": {
+                "episodes": args.episodes,
+                "seed": int(config.seed),
+                "deterministic": args.deterministic,
+                **({"level": level} if level is not None else {}),
+                **({"distance": args.distance} if args.distance is not None else {}),
+                "camera": camera,
+                "size": [width, height],
+                "fps": fps,
+                "time_limit": float(config.env.time_limit),
+                "overrides": args.overrides,
+            },
+            **scores,
+            "videos": videos,
+            "frames": int(sum(e.frames for e in episodes)),
+            "seconds": round(time.time() - start, 2),
+        }
+        if args.dream:
+            dream_path = out.with_name(f"{out.stem}_dream.mp4")
+            batch = dream_batch(episodes)
+            report = agent.report(batch)
+            context = config.agent.get("report_context")
+            frames = dream_frames(report, image_key, context=context)
+            video.write_video(dream_path, frames, fps)
+            result["dream_video"] = str(dream_path)
+            result["dream_mse"] = report.get(f"openloop/{image_key}_mse")
         if recorder is not None:
-            recorder.step_agent(output["internals"], action)
-        if control is not None:  # the untrained twin reads the same observation and moves with the executed action
-            control_carry, twin = control.policy(control_carry, policy_obs(obs), mode=mode, record=True)
-            recorder.step_agent(twin["internals"], np.asarray(twin["action"], np.float32)[0], "agent_untrained")
-            control_carry = dict(control_carry, action=np.asarray(action[None], np.float32))
-        return (carry, control_carry), action
-
-    def init_carry():
-        return agent.init_policy(1), control.init_policy(1) if control is not None else None
-
-    videos: list[str] = []
-    state: dict[str, Any] = {"writer": None}
-
-    def on_episode_end(episode: Episode) -> None:
+            recorder_start = time.time()
+            path = recorder.close(videos)
+            result["recording"] = {"path": str(path), "bytes": path.stat().st_size, "record_every": recorder.every,
+                                   "control": control is not None, "write_seconds": round(time.time() - recorder_start, 2)}
+        json_path = out.with_suffix(".json")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n")
+        log(format_table(scores))
+        for path in videos + ([result["dream_video"]] if args.dream else []):
+            log(f"Video: {path}")
         if recorder is not None:
-            recorder.end_episode(episode.scores(), episode.frames, episode.length)
-
-    def on_step(episode: Episode, obs: dict, step: int) -> None:
-        if recorder is not None:
-            recorder.step_body(env.physics, obs, step)
-        writer = state["writer"]
-        if writer is None or (args.split and step == 0):
-            if writer is not None:
-                writer.close()
-            path = out.with_name(f"{out.stem}_ep{episode.index + 1:03d}.mp4") if args.split else out
-            writer = state["writer"] = video.VideoWriter(path, fps)
-            videos.append(str(path))
-        view = env.render(camera, width, height, collision=args.collision)
-        writer.append(compose_frame(view, obs, frame_text(episode, args.episodes, obs, step), image_key))
-        episode.frames += 1
-
-    start = time.time()
-    try:
-        keep = (DREAM_SEQUENCES, DREAM_LENGTH) if args.dream else (0, 0)
-        episodes = run_episodes(env, act, init_carry, args.episodes, on_step, keep, on_episode_end,
-                                act_on_last=recorder is not None)
-    except BaseException:
+            log(f"Recording: {result['recording']['path']} ({result['recording']['bytes'] / 1e6:.1f} MB)")
+        log(f"Scores: {json_path}")
+        result["json"] = str(json_path)
+        return result
+    finally:
         if recorder is not None:
             recorder.discard()
-        raise
-    finally:
-        if state["writer"] is not None:
-            state["writer"].close()
-    scores = summarize(episodes)
-    result = {
-        "checkpoint": str(loaded.path),
-        "run_dir": str(loaded.run_dir),
-        "task": config.task,
-        "env_steps": int(loaded.state.get("counters", {}).get("env_steps", loaded.step)),
-        "settings": {
-            "episodes": args.episodes,
-            "seed": int(config.seed),
-            "deterministic": args.deterministic,
-            **({"level": level} if level is not None else {}),
-            **({"distance": args.distance} if args.distance is not None else {}),
-            "camera": camera,
-            "size": [width, height],
-            "fps": fps,
-            "time_limit": float(config.env.time_limit),
-            "overrides": args.overrides,
-        },
-        **scores,
-        "videos": videos,
-        "frames": int(sum(e.frames for e in episodes)),
-        "seconds": round(time.time() - start, 2),
-    }
-    if args.dream:
-        dream_path = out.with_name(f"{out.stem}_dream.mp4")
-        batch = dream_batch(episodes)
-        report = agent.report(batch)
-        context = config.agent.get("report_context")
-        frames = dream_frames(report, image_key, context=context)
-        video.write_video(dream_path, frames, fps)
-        result["dream_video"] = str(dream_path)
-        result["dream_mse"] = report.get(f"openloop/{image_key}_mse")
-    if recorder is not None:
-        recorder_start = time.time()
-        path = recorder.close(videos)
-        result["recording"] = {"path": str(path), "bytes": path.stat().st_size, "record_every": recorder.every,
-                               "control": control is not None, "write_seconds": round(time.time() - recorder_start, 2)}
-    json_path = out.with_suffix(".json")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n")
-    log(format_table(scores))
-    for path in videos + ([result["dream_video"]] if args.dream else []):
-        log(f"Video: {path}")
-    if recorder is not None:
-        log(f"Recording: {result['recording']['path']} ({result['recording']['bytes'] / 1e6:.1f} MB)")
-    log(f"Scores: {json_path}")
-    result["json"] = str(json_path)
-    return result
 
 
 def _start_recording(env, agent, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.Path,
@@ -797,11 +491,6 @@ def _start_recording(env, agent, loaded: Loaded, config: Config, args: EvalArgs,
     from dreamer_rodent.config import yaml_dump
     from tasks import registry
 
-    recording.require_pynwb()
-    control = Agent(obs_space, act_space, with_task_keys(config, obs_space), mesh=None) if args.record_control else None
-    names = recording.BodyReader(env).actuators
-    action_columns = names if len(names) == act_space["action"].shape[0] else \
-        [f"action[{i}]" for i in range(act_space["action"].shape[0])]
     try:
         walker = registry.get(config.task).walker
     except registry.UnknownTaskError:  # the env was built, so only a renamed registry entry lands here
@@ -814,9 +503,10 @@ def _start_recording(env, agent, loaded: Loaded, config: Config, args: EvalArgs,
         "config": yaml_dump(config.to_dict()),
     }
     path = pathlib.Path(args.record).expanduser() if args.record else out.with_suffix(".nwb")
-    recorder = recording.Recorder(path, env, recording.agent_series_names(agent.branches), action_columns,
-                                  1.0 / control_fps(env), metadata,
-                                  record_every=args.record_every, control=control is not None)
+    recorder = recording.Recorder(path, env, recording.agent_series_names(agent.branches), act_space["action"].shape[0],
+                                  1.0 / control_fps(env), metadata, record_every=args.record_every,
+                                  control=args.record_control)  # checks pynwb and the path first
+    control = Agent(obs_space, act_space, with_task_keys(config, obs_space), mesh=None) if args.record_control else None
     return recorder, control
 
 

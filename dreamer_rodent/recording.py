@@ -207,13 +207,13 @@ class Spool:
 class Recorder:
     """Collects one evaluation's steps and writes the NWB file at `close()`.
 
-    The eval calls `step_body` on each observation it keeps (before the policy
-    acts), `step_agent` with the policy's internals for that observation, and
-    `end_episode` with the episode's scores; `record_every = N` keeps steps
-    0, N, 2N, ... of each episode. `metadata` goes into the file as-is.
+    The eval calls `step_body` on every observation (before the policy acts),
+    `step_agent` with the policy's internals for that observation, and
+    `end_episode` with the episode's scores; the recorder keeps steps 0, N,
+    2N, ... of each episode (`record_every = N`). `metadata` goes into the file as-is.
     """
 
-    def __init__(self, path, env, agent_series: Sequence[str], action_columns: Sequence[str],
+    def __init__(self, path, env, agent_series: Sequence[str], action_size: int,
                  dt: float, metadata: Mapping[str, Any], record_every: int = 1, control: bool = False):
         require_pynwb()
         if record_every < 1:
@@ -221,11 +221,21 @@ class Recorder:
         self.path = pathlib.Path(path)
         if self.path.suffix.lower() != ".nwb":
             raise RecordingError(f"--record {self.path}: the recording must end in .nwb.")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise RecordingError(f"--record {self.path} is a directory; give a file name ending in .nwb.")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{self.path.stem}.", suffix=".spool",
+                                                      dir=self.path.parent))
+        except OSError as error:
+            raise RecordingError(f"--record {self.path}: cannot write there ({error.strerror}); choose a writable "
+                                 f"directory.") from None
         self.every = int(record_every)
         self.dt = float(dt)
         self.metadata = dict(metadata)
         self.body = BodyReader(env)
+        actuators = self.body.actuators  # the action's columns where the action drives the actuators one to one
+        action_columns = actuators if len(actuators) == action_size else [f"action[{i}]" for i in range(action_size)]
         self.modules = ["agent"] + (["agent_untrained"] if control else [])
         self.series: dict[str, Series] = {}
         for module in self.modules:
@@ -237,11 +247,11 @@ class Recorder:
         self._senses = [k for k in columns]
         for key in self._senses:
             self._add(Series(f"obs_{key}", "acquisition", "observation units",
-                             f"the '{key}' observation the agent read (before symlog), one number per column",
+                             f"the env's '{key}' observation (as the agent receives it, before symlog; a key the "
+                             f"agent's config does not read is recorded too), one number per column",
                              columns[key]))
         self._add(Series("reward", "behavior", "reward", "the reward that came with this observation (the task's "
                                                           "reward for the step into it; 0 at an episode's start)"))
-        self._tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{self.path.stem}.", suffix=".spool", dir=self.path.parent))
         self.spool = Spool(self._tmp)
         self.episodes: list[dict] = []
         self.frames: list[int] = []  # MP4 frames per episode
@@ -255,12 +265,20 @@ class Recorder:
         self.series[f"{series.module}/{series.name}"] = series
 
     @staticmethod
+    def _series_name(internal: str) -> str:
+        """An agent internal's series name: `embed/image` -> `embed_image`."""
+        return internal.replace("/", "_")
+
+    @staticmethod
     def _agent_series(module: str, name: str, action_columns: Sequence[str]) -> Series:
         if name.startswith("embed/"):
             branch = name.split("/", 1)[1]
             return Series(f"embed_{branch}", module, EMBED_UNIT, f"the {branch} encoder's embedding of this step's "
                                                                  f"observation (its input to the posterior)")
         unit, description = AGENT_SERIES[name]
+        if module == "agent_untrained" and name == "action":
+            description = ("the action the untrained agent would choose here (never executed: it is fed the trained "
+                           "agent's executed action)")
         columns = list(action_columns) if name in ("actor_mean", "actor_std", "action") else None
         return Series(name, module, unit, description, columns)
 
@@ -288,8 +306,7 @@ class Recorder:
         if not self._keep:
             return
         for name, value in internals.items():
-            series = self._agent_series(module, name, ())
-            self._rows.setdefault(f"{module}/{series.name}", []).append(np.asarray(value)[0])
+            self._rows.setdefault(f"{module}/{self._series_name(name)}", []).append(np.asarray(value)[0])
         self._rows.setdefault(f"{module}/action", []).append(np.asarray(action, np.float32))
 
     def end_episode(self, scores: Mapping[str, Any], frames: int, steps: int) -> None:
@@ -315,8 +332,12 @@ class Recorder:
             if not self.episodes:
                 raise RecordingError("no episode was recorded.")
             tmp = self.path.with_name(f".{self.path.stem}.tmp.nwb")
-            self._write(tmp, videos)
-            os.replace(tmp, self.path)
+            try:
+                self._write(tmp, videos)
+                os.replace(tmp, self.path)
+            except OSError as error:
+                raise RecordingError(f"writing {self.path} failed ({error}); the evaluation's video and JSON are "
+                                     f"kept, rerun with --record PATH on a disk with space.") from None
             return self.path
         finally:
             self.discard()
@@ -356,7 +377,7 @@ class Recorder:
         columns = {"episode": "episode number (1-based)", "return": "sum of rewards", "length": "steps (actions)",
                    "frames": "MP4 frames of the episode (length + 1)"}
         extra = sorted({k for e in self.episodes for k, v in e["scores"].items()
-                        if k not in columns and isinstance(v, (int, float, bool)) and v is not None})
+                        if k not in columns and isinstance(v, (int, float, bool))})
         for name, doc in columns.items():
             nwb.add_epoch_column(name, doc)
         for name in extra:
@@ -413,10 +434,3 @@ class Recorder:
         with NWBHDF5IO(str(path), "w") as io:
             io.write(nwb)
 
-
-def read_columns(series) -> list[str] | None:
-    """The column names a recorded series carries in its `comments` (None where it has none)."""
-    try:
-        return json.loads(series.comments).get("columns")
-    except (TypeError, ValueError, AttributeError):
-        return None

@@ -27,12 +27,14 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # --isolate: the parent must leave the GPU to each row
 
-from dreamer_rodent.agent import Agent, count_params
-from dreamer_rodent.config import build_config
-from dreamer_rodent.spaces import Space
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dreamer_rodent.agent import Agent, count_params  # noqa: E402
+from dreamer_rodent.config import build_config  # noqa: E402
+from dreamer_rodent.spaces import Space  # noqa: E402
 
 DEFAULT_ROWS = [
     "debug:float32:proprio", "debug:float32:image", "debug:bfloat16:proprio",
@@ -93,7 +95,7 @@ def train_flops(agent, carry, data) -> float | None:
 
 
 def peak_rss_gb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
+    """This process's peak resident host memory so far, GiB (Linux reports KiB); not the GPU's."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
@@ -105,10 +107,10 @@ def bench_row(preset: str, kind: str, config, batch: int, length: int, envs: int
     agent = Agent(obs_space, act_space, config)
     data = random_batch(obs_space, act_space, (batch, length), rng)
     carry = agent.init_train(batch)
-    step_flops = train_flops(agent, carry, data) if flops else None
     start = time.perf_counter()
+    step_flops = train_flops(agent, carry, data) if flops else None  # compiles the step ahead of time
     carry, metrics = agent.train(carry, data)
-    compile_s = time.perf_counter() - start
+    compile_s = time.perf_counter() - start  # with --flops: that compile plus the first step (a cache load)
     iters, start = 0, time.perf_counter()
     while iters < 1 or time.perf_counter() - start < seconds:
         carry, metrics = agent.train(carry, data)
@@ -217,7 +219,8 @@ def isolated(args) -> list[dict]:
 def table(rows: list[dict], peak_tflops: float = 0.0) -> list[str]:
     lines = [
         "| preset | dtype | obs | actor grad | params | train replayed steps/s | ms/update | compile s | "
-        "policy steps/s | ms/policy step | policy compile s | GFLOP/update | TFLOP/s | MFU | peak RSS GB | load (1 min) |",
+        "policy steps/s | ms/policy step | policy compile s | GFLOP/update | TFLOP/s | MFU | peak host RSS GiB | "
+        "load (1 min) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -12,7 +12,9 @@
 #
 # --cpu is the dry check (the test suite runs it): the same steps on the CPU with the debug preset,
 # ball_goto for the training steps and seconds-long budgets, 1 against 2 forced host devices for step 5. PEAK_TFLOPS overrides the chip's
-# bf16 dense peak (known: H100/H200 989, A100 312, L40S 362); RUN_MINUTES the run's length (default 5).
+# bf16 dense peak (known: H100 SXM/H200 989, H100 PCIe 756, A100 312, L40S 362); RUN_MINUTES the run's length
+# (default 5; lower it where one command may run less than 8 minutes). A step that fails is noted in the
+# summary and the script goes on to the next, so one broken step does not cost the others.
 set -euo pipefail
 
 cpu=0
@@ -30,6 +32,8 @@ cd "$here"
 summary="$out/summary.md"
 started=$(date +%s)
 section() { printf '\n## %s\n\n' "$1" | tee -a "$summary"; }
+failed() { echo "FAILED (exit $1): see $2" | tee -a "$summary"; status=1; }
+status=0
 elapsed() { echo $(( $(date +%s) - started )); }
 
 echo "# GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')" > "$summary"
@@ -38,7 +42,7 @@ section "Devices"
 if [[ $cpu == 0 ]] && command -v nvidia-smi > /dev/null; then
   nvidia-smi -L | tee -a "$summary"
   gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-  gpus=$(nvidia-smi -L | wc -l)
+  gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)  # physical GPUs (-L also lists MIG slices)
 else
   gpu_name="cpu"
   gpus=1
@@ -47,6 +51,7 @@ fi
 
 if [[ -z "${PEAK_TFLOPS:-}" ]]; then
   case "$gpu_name" in
+    *"H100 PCIe"*) PEAK_TFLOPS=756 ;;
     *H100*|*H200*) PEAK_TFLOPS=989 ;;
     *A100*) PEAK_TFLOPS=312 ;;
     *L40S*) PEAK_TFLOPS=362 ;;
@@ -77,16 +82,19 @@ fi
 
 section "Train step (eval/bench_agent.py; peak ${PEAK_TFLOPS} TFLOP/s for MFU)"
 "$py" eval/bench_agent.py --rows "${rows[@]}" --seconds "$seconds" --flops --peak-tflops "$PEAK_TFLOPS" \
-  --isolate --platform "$platform" --no-counts --json "$out/train_step.json" 2>&1 | tee "$out/train_step.log" \
-  | sed -n '/^| preset/,$p' | tee -a "$summary"
+  --isolate --platform "$platform" --no-counts --json "$out/train_step.json" > "$out/train_step.log" 2>&1 \
+  || failed $? "$out/train_step.log"
+sed -n '/^| preset/,$p' "$out/train_step.log" | tee -a "$summary"
 
 section "EGL rendering (eval/bench_env.py, rodent_goto, 64x64 egocentric camera)"
 MUJOCO_GL=egl "$py" eval/bench_env.py --tasks rodent_goto --workers 1 --seconds "$seconds" --no-stock \
-  --no-transport-row 2>&1 | tee "$out/render.log" | grep '^|' | tee -a "$summary"
+  --no-transport-row > "$out/render.log" 2>&1 || failed $? "$out/render.log"
+{ grep '^|' "$out/render.log" || true; } | tee -a "$summary"
 
 section "$run_task with the defaults for ${run_minutes} min (eval/learn.py)"
 "$py" eval/learn.py --task "$run_task" --steps "$run_steps" --minutes "$run_minutes" --seeds 0 --out "$out/run" \
-  --baseline-episodes 0 "${run_flags[@]}" 2>&1 | tee "$out/run.log" | tail -5 | tee -a "$summary"
+  --baseline-episodes 0 "${run_flags[@]}" > "$out/run.log" 2>&1 || failed $? "$out/run.log"
+tail -5 "$out/run.log" | tee -a "$summary"
 "$py" - "$out/run/seed0" <<'EOF' | tee -a "$summary"
 import json, pathlib, sys
 run = pathlib.Path(sys.argv[1])
@@ -107,9 +115,11 @@ if [[ $cpu == 1 || $gpus -gt 1 ]]; then
     else prefix=(env)
     fi
     echo "devices: $which" | tee -a "$summary"
-    "${prefix[@]}" "$py" eval/bench_train.py --task "$run_task" "${bench_train[@]}" 2>&1 \
-      | tee "$out/bench_train_$which.log" | grep -E '^(\||device)' | tee -a "$summary"
+    "${prefix[@]}" "$py" eval/bench_train.py --task "$run_task" "${bench_train[@]}" > "$out/bench_train_$which.log" \
+      2>&1 || failed $? "$out/bench_train_$which.log"
+    { grep -E '^(\||device)' "$out/bench_train_$which.log" || true; } | tee -a "$summary"
   done
 fi
 
 printf '\nTotal: %s s\n' "$(elapsed)" | tee -a "$summary"
+exit "$status"

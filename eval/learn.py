@@ -2,7 +2,7 @@
 
     python eval/learn.py --task ball_goto --steps 20000 --seeds 0 1 2 --out eval/results/ball_goto \
         [--minutes M] [--threshold 0.9] [--window 20] [--level 0] [--baseline-episodes 20] \
-        [--baseline-levels 0 1 2] [--plot-only] \
+        [--baseline-levels 0 1 2] [--final-eval-episodes 20 --final-eval-levels 0 1 [--final-eval-only]] [--plot-only] \
         [--reference CSV] [-- --configs size1m proprio_only --run.envs 1 --run.env_parallel none ...]
 
 For each seed it runs `dreamer_rodent.train` in a child process (one run
@@ -183,6 +183,19 @@ def baseline_level(name: str) -> int | None:
     if name.startswith("random_level") and name[len("random_level"):].isdigit():
         return int(name[len("random_level"):])
     return None
+
+
+def has_curriculum(train_argv: list[str]) -> bool:
+    """Whether the task's env reports a curriculum level (go-to tasks do, the suite benchmarks do not)."""
+    from dreamer_rodent.config import parse_args
+    from dreamer_rodent.env import make_env
+
+    config, _ = parse_args(train_argv)
+    env = make_env(config, 0)
+    try:
+        return "log/curriculum_level" in env.obs_space
+    finally:
+        env.close()
 
 
 def check_baseline_levels(train_argv: list[str], levels: Sequence[int]) -> None:
@@ -706,6 +719,71 @@ def summary_table(summaries: Sequence[dict], threshold: float, scored: bool) -> 
     return "\n".join(lines)
 
 
+FINAL_EVAL = "final_eval"
+FINAL_FIELDS = ("seed", "level", "policy", "episodes", "targets_per_min", "success_rate", "return_mean")
+
+
+def final_eval_path(out: pathlib.Path, seed: int, level: int | None, policy: str) -> pathlib.Path:
+    where = f"_level{level}" if level is not None else ""
+    return out / FINAL_EVAL / f"seed{seed}{where}_{policy}.mp4"
+
+
+def final_eval(out: pathlib.Path, seeds: Sequence[int], levels: Sequence[int | None], episodes: int,
+               baseline_seed: int) -> list[dict]:
+    """The final checkpoint of every seed, deterministic and stochastic, `episodes` episodes at each level
+    (`python -m dreamer_rodent.eval`, one child process each; an existing result is kept), beside the random
+    policy's baseline episodes at the same levels. Writes OUT/final_eval.csv and returns its rows."""
+    rows = []
+    for seed in seeds:
+        if not (out / f"seed{seed}").exists():
+            continue
+        for level in levels:
+            for policy in ("deterministic", "stochastic"):
+                video = final_eval_path(out, seed, level, policy)
+                if not video.with_suffix(".json").exists():
+                    print(f"final evaluation: seed {seed}, level {level}, {policy}, {episodes} episodes", flush=True)
+                    argv = [sys.executable, "-m", "dreamer_rodent.eval", "--checkpoint", str(out / f"seed{seed}"),
+                            "--episodes", str(episodes), f"--{policy}", "--size", "160x120", "--out", str(video)]
+                    argv += ["--level", str(level)] if level is not None else []
+                    if subprocess.run(argv, stdout=subprocess.DEVNULL).returncode != 0:  # its error line is above
+                        print(f"final evaluation of seed {seed} (level {level}, {policy}) failed; left out of "
+                              f"final_eval.csv (rerun with --final-eval-only)", flush=True)
+                        continue
+                scores = json.loads(video.with_suffix(".json").read_text())
+                rows.append({"seed": seed, "level": "" if level is None else level, "policy": policy,
+                             "episodes": len(scores["per_episode"]),
+                             "targets_per_min": (scores.get("targets_per_min") or {}).get("mean", ""),
+                             "success_rate": scores.get("success_rate", ""),
+                             "return_mean": scores["return"]["mean"]})
+    baselines = load_baselines(out)
+    for level in levels:
+        name, records, _ = baselines.get(0 if level is None else level, (None, [], None))
+        if not records:
+            continue
+
+        def mean(key):
+            values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            return sum(values) / len(values) if values else ""
+
+        rows.append({"seed": baseline_seed, "level": "" if level is None else level, "policy": "random",
+                     "episodes": len(records), "targets_per_min": mean("targets_per_min"),
+                     "success_rate": mean("success"), "return_mean": mean("return")})
+    with open(out / "final_eval.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, FINAL_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def final_eval_table(rows: list[dict]) -> str:
+    def cell(value):
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = [" ".join(f"{name:>15}" for name in FINAL_FIELDS)]
+    lines += [" ".join(f"{cell(row[name]):>15}" for name in FINAL_FIELDS) for row in rows]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     full = list(argv)
@@ -731,18 +809,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline-levels", type=int, nargs="+", default=[0], metavar="L",
                         help="curriculum levels to measure the random policy at, each pinned (default: 0); "
                              "OUT/random for level 0, OUT/random_level<L> for the others")
+    parser.add_argument("--final-eval-episodes", type=int, default=0, metavar="N",
+                        help="after training: each seed's final checkpoint, deterministic and stochastic, N episodes "
+                             "at each --final-eval-levels level, beside the random policy there: OUT/final_eval.csv")
+    parser.add_argument("--final-eval-levels", type=int, nargs="+", default=[0], metavar="L",
+                        help="curriculum levels of the final evaluation (default: 0); the random baseline is run "
+                             "at these levels too")
+    parser.add_argument("--final-eval-only", action="store_true",
+                        help="only the final evaluation (and missing baselines) of existing runs, then the plots")
     parser.add_argument("--plot-only", action="store_true", help="rebuild CSVs and plot from existing runs")
     parser.add_argument("--reference", metavar="CSV", default=None,
                         help="published curves to draw on the return plot (columns task,method,seed,env_steps,return; "
                              "e.g. ../shared/anchors/dmc_proprio_published.csv)")
     args = parser.parse_args(argv)
+    if args.final_eval_only and args.final_eval_episodes < 1:
+        raise SystemExit("error: --final-eval-only needs --final-eval-episodes N (N >= 1).")
     out = pathlib.Path(args.out)
-    train_argv = ["--task", args.task, *rest, "--run.progress", "False"]
     command_file = out / "command.json"
+    if (args.final_eval_only or args.plot_only) and command_file.exists():
+        saved = json.loads(command_file.read_text())  # the runs' own task and flags, not the defaults
+        args.task, rest = saved["task"], list(saved["train_args"])
+    curriculum = args.final_eval_episodes > 0 and has_curriculum(["--task", args.task, *rest])
+    final_levels = list(dict.fromkeys(args.final_eval_levels)) if curriculum else [None]
+    if args.final_eval_episodes > 0 and curriculum:  # the random policy is measured where the agent is
+        args.baseline_levels = list(dict.fromkeys([*args.baseline_levels, *args.final_eval_levels]))
+        args.baseline_episodes = args.baseline_episodes or args.final_eval_episodes
+    train_argv = ["--task", args.task, *rest, "--run.progress", "False"]
     task, title = args.task, f"{args.task}: {' '.join(rest)}"
-    if args.plot_only and command_file.exists():
-        saved = json.loads(command_file.read_text())
-        task, title = saved["task"], f"{saved['task']}: {' '.join(saved['train_args'])}"
     reference = None
     if args.reference:  # checked before any training, so a wrong path costs nothing
         try:
@@ -751,13 +844,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"error: {error}") from None
     if not args.plot_only and args.baseline_episodes > 0:  # a wrong level fails now, before any training
         check_baseline_levels(train_argv, args.baseline_levels)
-    if not args.plot_only:
+    if not args.plot_only and not args.final_eval_only:
         out.mkdir(parents=True, exist_ok=True)
         command_file.write_text(json.dumps({"argv": ["eval/learn.py", *full],
                                             "task": args.task, "train_args": rest}) + "\n")
 
     if not args.plot_only:
-        for seed in args.seeds:
+        for seed in args.seeds if not args.final_eval_only else ():
             code = train_seed(out / f"seed{seed}", train_argv, seed, args.steps, args.minutes)
             if code != 0:
                 print(f"seed {seed}: training exited with {code}", flush=True)
@@ -781,6 +874,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(out / "curve.png", runs, args.level, args.window, args.threshold, title, baseline, reference)
     print("\n" + summary_table(summaries, args.threshold, has_success(all_runs)))
     print(f"\nWrote {out / 'curve.csv'}, {out / 'summary.csv'}, {out / 'curve.png'}", flush=True)
+    if args.final_eval_episodes > 0 and not args.plot_only:
+        rows = final_eval(out, args.seeds, final_levels, args.final_eval_episodes, args.seeds[0])
+        print("\n" + final_eval_table(rows))
+        print(f"\nWrote {out / 'final_eval.csv'} (videos and JSON in {out / FINAL_EVAL})", flush=True)
     return 0
 
 

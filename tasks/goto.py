@@ -209,7 +209,8 @@ class GoToTarget(composer.Task):
             "target_position": (np.array(physics.bind(self._target).pos, np.float64), "m",
                                 "world position (x, y, z) of the current target; it jumps when reached"),
             "target_distance": (np.float64(self._distance), "m",
-                                "horizontal head-to-target distance (success below task_kwargs.success_radius)"),
+                                "horizontal head-to-target distance to the current target (on a reach step the target has already jumped, "
+                                "so it never reads below the success radius; see behavior/reward and the epochs)"),
         }
 
     def log_metrics(self, physics) -> dict[str, float]:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from dreamer_rodent import eval as evaluation
+from dreamer_rodent import overlay, rollout
+from dreamer_rodent import scores as scores_lib
 from dreamer_rodent import train
 from dreamer_rodent.config import build_config
 
@@ -134,23 +136,23 @@ def test_bad_settings_name_the_fix(run_dir, capsys):
 
 
 def test_summary_statistics_and_pinned_settings():
-    episodes = [evaluation.Episode(0, ret=1.0, length=10, success=True),
-                evaluation.Episode(1, ret=3.0, length=20, success=False),
-                evaluation.Episode(2, ret=8.0, length=30, success=True)]
-    scores = evaluation.summarize(episodes)
+    episodes = [rollout.Episode(0, ret=1.0, length=10, success=True),
+                rollout.Episode(1, ret=3.0, length=20, success=False),
+                rollout.Episode(2, ret=8.0, length=30, success=True)]
+    scores = scores_lib.summarize(episodes)
     assert scores["return"] == pytest.approx({"mean": 4.0, "std": np.std([1, 3, 8]), "min": 1.0, "max": 8.0})
     assert scores["length"]["mean"] == 20 and scores["success_rate"] == pytest.approx(2 / 3)
     assert "final_distance" not in scores and "targets_per_min" not in scores  # no such metric: no empty field
     assert all("final_distance" not in e and "level" not in e for e in scores["per_episode"])
-    assert "final dist" not in evaluation.format_table(scores) and "success" in evaluation.format_table(scores)
-    episode = evaluation.Episode(0)
+    assert "final dist" not in scores_lib.format_table(scores) and "success" in scores_lib.format_table(scores)
+    episode = rollout.Episode(0)
     for step, height in enumerate([0.1, 0.3, float("nan"), 0.2]):  # a task's own metric, NaN steps left out
-        evaluation._record(episode, {"reward": 1.0, "log/height": np.float32(height)}, step)
+        rollout.accumulate(episode, {"reward": 1.0, "log/height": np.float32(height)}, step)
     assert episode.scores()["metrics"]["height"] == pytest.approx({"mean": 0.2, "std": np.std([0.1, 0.3, 0.2]),
                                                                   "min": 0.1, "max": 0.3}, rel=1e-6)
-    both = evaluation.summarize([episode, episode])
-    assert both["metrics"]["height"]["mean"] == pytest.approx(0.2) and "log/height" in evaluation.format_table(both)
-    assert "height 0.25" in evaluation.frame_text(episode, 1, {"reward": 0.0, "log/height": 0.25}, 3)  # overlay
+    both = scores_lib.summarize([episode, episode])
+    assert both["metrics"]["height"]["mean"] == pytest.approx(0.2) and "log/height" in scores_lib.format_table(both)
+    assert "height 0.25" in overlay.frame_text(episode, 1, {"reward": 0.0, "log/height": 0.25}, 3)  # overlay
     run = build_config(["debug"])
     config = evaluation.eval_config(run, evaluation.parse_eval_args(["--checkpoint", "x", "--distance", "0.4", "--seed", "7"]))
     assert config.task_kwargs.curriculum_levels == (0.4,) and config.task_kwargs.level == 0 and config.seed == 7

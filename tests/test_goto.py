@@ -291,7 +291,8 @@ def test_eval_scores_have_the_reach_rate_and_null_for_no_reach():
     """dreamer_rodent.eval's rollout: per-episode targets_per_min and first_reach_s, strict JSON (null, not NaN)."""
     import json
 
-    from dreamer_rodent import eval as evaluation
+    from dreamer_rodent import overlay, rollout
+    from dreamer_rodent import scores as scores_lib
 
     env = _env("ball_goto", **{"env.time_limit": 1.0, "task_kwargs.level": 0})
     zero = np.zeros(env.act_space["action"].shape, np.float32)
@@ -300,21 +301,21 @@ def test_eval_scores_have_the_reach_rate_and_null_for_no_reach():
         if episode.index == 0 and step in (9, 19):
             _place_at_head(env)
 
-    episodes = evaluation.run_episodes(env, lambda carry, obs: (carry, zero), lambda: None, 2, place)
+    episodes = rollout.run_episodes(env, lambda carry, obs: (carry, zero), lambda: None, 2, place)
     env.close()
-    scores = evaluation.summarize(episodes)
+    scores = scores_lib.summarize(episodes)
     first, second = scores["per_episode"]
     assert first["targets_reached"] == 2 and first["targets_per_min"] == pytest.approx(120.0)
     assert first["first_reach_s"] == pytest.approx(0.2)
     assert second["targets_per_min"] == 0.0 and second["first_reach_s"] is None
     assert scores["targets_per_min"]["mean"] == pytest.approx(60.0)
     assert scores["first_reach_s"] == pytest.approx({"mean": 0.2, "std": 0.0, "min": 0.2, "max": 0.2})
-    text = json.dumps(evaluation.strict_json(scores), allow_nan=False)
+    text = json.dumps(scores_lib.strict_json(scores), allow_nan=False)
     assert json.loads(text)["per_episode"][1]["first_reach_s"] is None
-    assert json.loads(json.dumps(evaluation.strict_json({"x": [float("nan"), np.float32(1.5)]}))) == {"x": [None, 1.5]}
-    lines = evaluation.frame_text(episodes[0], 2, {"reward": 0.0}, 50)
+    assert json.loads(json.dumps(scores_lib.strict_json({"x": [float("nan"), np.float32(1.5)]}))) == {"x": [None, 1.5]}
+    lines = overlay.frame_text(episodes[0], 2, {"reward": 0.0}, 50)
     assert "120.0 targets/min  first at 0.2 s" in lines
-    assert "per min" in evaluation.format_table(scores)
+    assert "per min" in scores_lib.format_table(scores)
 
 
 # ---- the two-way curriculum (pure logic) ----

@@ -339,3 +339,32 @@ def test_a_baseline_level_the_config_lacks_is_an_error_before_training(learn, tm
     with pytest.raises(SystemExit, match=r"error: --baseline-levels 5: the config has 5 curriculum levels \(0-4"):
         learn.main(["--task", "ball_goto", "--out", str(out), "--baseline-levels", "0", "5"])
     assert not out.exists()
+
+
+def test_final_eval_measures_the_checkpoint_both_ways_beside_random_at_each_level(learn, tmp_path):
+    """--final-eval-episodes on a tiny ball_goto run: final_eval.csv in the issue's columns, then --final-eval-only
+    finds every result again and rolls nothing out twice."""
+    flags = ["--configs", "debug", "proprio_only", "--env.time_limit", "0.2", "--run.envs", "1",
+             "--run.env_parallel", "none", "--run.prefill", "20"]
+    argv = ["--task", "ball_goto", "--steps", "30", "--seeds", "0", "--out", str(tmp_path), "--baseline-episodes", "0",
+            "--final-eval-episodes", "2", "--final-eval-levels", "1", "--", *flags]
+    assert learn.main(argv) == 0
+    with open(tmp_path / "final_eval.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == learn.FINAL_FIELDS
+        rows = list(reader)
+    assert [(r["seed"], r["level"], r["policy"]) for r in rows] == [
+        ("0", "1", "deterministic"), ("0", "1", "stochastic"), ("0", "1", "random")]
+    for row in rows:  # the random baseline ran at level 1 although --baseline-episodes was 0
+        assert row["episodes"] == "2" and 0.0 <= float(row["success_rate"]) <= 1.0
+        assert float(row["targets_per_min"]) >= 0.0 and row["return_mean"] != ""
+    scores = json.loads((tmp_path / learn.FINAL_EVAL / "seed0_level1_stochastic.json").read_text())
+    assert scores["settings"]["level"] == 1 and scores["settings"]["deterministic"] is False
+    video = tmp_path / learn.FINAL_EVAL / "seed0_level1_deterministic.mp4"
+    mtime = video.stat().st_mtime_ns
+    assert learn.main(["--final-eval-only", *argv]) == 0
+    assert video.stat().st_mtime_ns == mtime
+    with open(tmp_path / "final_eval.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    with pytest.raises(SystemExit, match="--final-eval-only needs --final-eval-episodes"):
+        learn.main(["--out", str(tmp_path), "--final-eval-only"])

@@ -142,6 +142,14 @@ def test_ball_records_every_step_aligned_with_video_json_and_actuators(ball_run,
     assert not list(tmp_path.glob(".*spool")) and not list(tmp_path.glob(".*.tmp.nwb"))
 
 
+def test_recording_leaves_the_stochastic_actions_as_they_were(ball_run, tmp_path):
+    """Each policy call draws noise: --record must not add or drop one (3 episodes: a drift shows from the 2nd)."""
+    plain = _evaluate(ball_run, tmp_path / "plain.mp4", "--stochastic", "--episodes", "3")
+    recorded = _evaluate(ball_run, tmp_path / "rec.mp4", "--stochastic", "--episodes", "3", "--record")
+    assert [e["return"] for e in plain["per_episode"]] == [e["return"] for e in recorded["per_episode"]]
+    assert plain["per_episode"][0]["return"] != plain["per_episode"][1]["return"]
+
+
 def test_rat_records_one_step_in_n_to_a_chosen_path(rat_run, tmp_path):
     out = tmp_path / "rat.mp4"
     path = tmp_path / "sub" / "rat_recording.nwb"
@@ -210,3 +218,15 @@ def test_probe_table_and_plot_from_a_recording(ball_run, tmp_path, capsys):
     assert Image.open(tmp_path / "probes" / "probes.png").size[0] > 300
     assert "R^2 trained" in capsys.readouterr().out
     assert latents.main([str(tmp_path / "missing.nwb")]) == 2
+    (tmp_path / "not_nwb.nwb").write_text("not an HDF5 file")
+    assert latents.main([str(tmp_path / "not_nwb.nwb")]) == 2
+    assert "error: cannot read the recording" in capsys.readouterr().err
+
+
+def test_a_directory_or_unwritable_place_is_a_clear_error(ball_run, tmp_path, capsys):
+    (tmp_path / "taken.nwb").mkdir()
+    for target in (tmp_path / "taken.nwb", pathlib.Path("/proc/no_such_dir/x.nwb")):
+        code = evaluation.main(["--checkpoint", str(ball_run), "--episodes", "1", "--env.time_limit", TIME_LIMIT,
+                                "--out", str(tmp_path / "x.mp4"), "--record", str(target)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: --record") and "Traceback" not in err

@@ -56,11 +56,10 @@ def load(path: pathlib.Path, module: str = "agent") -> dict:
             episode[(times >= start - 1e-9) & (times <= stop + 1e-9)] = i
         groups = {}
         for name in GROUPS:
-            if name in agent.data_interfaces:
-                data = np.asarray(agent[name].data[:], np.float64)
+            source = "stoch_probs" if name == "stoch" else name  # the posterior's probabilities: more than a sample
+            if source in agent.data_interfaces:
+                data = np.asarray(agent[source].data[:], np.float64)
                 groups[name] = data.reshape(len(data), -1)
-        if "stoch_probs" in agent.data_interfaces:  # the posterior's probabilities: more than its one sample
-            groups["stoch"] = np.asarray(agent["stoch_probs"].data[:], np.float64).reshape(len(times), -1)
         targets = behaviour_targets(behavior, times, episode)
     return {"groups": groups, "targets": targets, "episode": episode, "times": times}
 
@@ -136,15 +135,15 @@ def probe(x: np.ndarray, y: np.ndarray, episodes: np.ndarray, folds: int = FOLDS
         test = np.isin(episodes, held)
         xtr, ytr, etr = x[~test], y[~test], episodes[~test]
         inner = _folds(etr, 3)
-        best, best_alpha = -np.inf, ALPHAS[-1]
-        for alpha in ALPHAS:
+        best, best_alpha = -np.inf, ALPHAS[-1]  # one training episode: no inner folds, the strongest penalty
+        for alpha in ALPHAS if len(inner) >= 2 else ():
             scores = []
-            for val_ids in inner if len(inner) >= 2 else []:
+            for val_ids in inner:
                 val = np.isin(etr, val_ids)
                 a, b = _standardise(xtr[~val], xtr[val])
                 ya, yb = _standardise(ytr[~val], ytr[val])
                 scores.append(_r2(yb, b @ _ridge(a, ya, alpha)))
-            score = np.nanmean(scores) if scores else 0.0
+            score = np.nanmean(scores)
             if score > best:
                 best, best_alpha = score, alpha
         a, b = _standardise(xtr, x[test])
@@ -160,7 +159,7 @@ def analyse(recording: dict, control: dict | None) -> list[dict]:
         for group, x in recording["groups"].items():
             row = {"group": group, "target": target, "units": x.shape[1], "samples": int(np.sum(np.all(np.isfinite(y), 1))),
                    "r2": probe(x, y, recording["episode"])}
-            if control and group in control["groups"]:
+            if control and group in control["groups"] and target in control["targets"]:
                 row["r2_untrained"] = probe(control["groups"][group], control["targets"][target], control["episode"])
             rows.append(row)
     return rows
@@ -243,8 +242,17 @@ def main(argv=None) -> int:
     except ImportError:
         print("error: reading NWB needs pynwb: pip install -e '.[nwb]'.", file=sys.stderr)
         return 2
-    recording = load(path)
-    control = load(pathlib.Path(args.control), "agent") if args.control else load(path, "agent_untrained") or None
+    try:
+        recording = load(path)
+        control = load(pathlib.Path(args.control), "agent") if args.control else load(path, "agent_untrained") or None
+    except (OSError, KeyError) as error:  # not an NWB file, a missing --control, a recording without an agent
+        print(f"error: cannot read the recording ({type(error).__name__}: {error}); give NWB files written by "
+              f"python -m dreamer_rodent.eval --record.", file=sys.stderr)
+        return 2
+    if not recording:
+        print(f"error: {path} has no processing/agent: record it with python -m dreamer_rodent.eval --record.",
+              file=sys.stderr)
+        return 2
     if not recording["targets"]:
         print(f"error: {path} has no head position or joint angles to probe (a task without a walker?).",
               file=sys.stderr)

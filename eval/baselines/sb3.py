@@ -203,7 +203,7 @@ def _main(argv=None) -> int:
     model.save(rundir / f"{args.algo}_model")
     (rundir / learn.DONE).write_text(json.dumps({"wall_s": time.monotonic() - start, "env_steps": steps,
                                                  "algo": args.algo, "argv": sys.argv}) + "\n")
-    pinned = args.eval_level if "level" in env.unwrapped.config.task_kwargs else None  # no curriculum: no pin
+    pinned = args.eval_level if "log/curriculum_level" in env.unwrapped._env.obs_space else None  # no curriculum: no pin
     result = evaluate(model, args.task, rest, args.seed, args.eval_episodes, pinned)
     (rundir / "final_eval.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"{args.algo} on {args.task}, seed {args.seed}: {steps} env steps in {time.monotonic() - start:.0f} s; "
