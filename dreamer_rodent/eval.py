@@ -210,6 +210,11 @@ class Loaded:
         return self.path.name
 
     @property
+    def env_steps(self) -> int:
+        """Env steps trained when the checkpoint was saved (its step where the state has no counters)."""
+        return int(self.state.get("counters", {}).get("env_steps", self.step))
+
+    @property
     def trained_level(self) -> int | None:
         """The furthest curriculum level any training env reached (None: no curriculum state)."""
         levels = [int(s["level"]) for s in self.state.get("curriculum") or [] if isinstance(s, dict) and "level" in s]
@@ -380,7 +385,7 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
         f"{'deterministic' if args.deterministic else 'stochastic'} actions, camera {camera}, "
         f"{width}x{height} at {fps:g} fps.")
 
-    recorder, control = _start_recording(env, agent, loaded, config, args, out, obs_space, act_space)
+    recorder, control = _start_recording(env, agent, loaded, config, args, out, obs_space, act_space, fps)
     try:  # the spool of an unfinished recording goes, whatever ends the evaluation (close() has already removed it)
 
         def act(carry, obs):
@@ -433,7 +438,7 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
             "checkpoint": str(loaded.path),
             "run_dir": str(loaded.run_dir),
             "task": config.task,
-            "env_steps": int(loaded.state.get("counters", {}).get("env_steps", loaded.step)),
+            "env_steps": loaded.env_steps,
             "settings": {
                 "episodes": args.episodes,
                 "seed": int(config.seed),
@@ -482,7 +487,7 @@ def _evaluate(env, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.
 
 
 def _start_recording(env, agent, loaded: Loaded, config: Config, args: EvalArgs, out: pathlib.Path,
-                     obs_space, act_space):
+                     obs_space, act_space, fps: float):
     """The NWB recorder for --record (and the untrained twin for --record-control), or (None, None)."""
     if args.record is None:
         return None, None
@@ -497,14 +502,14 @@ def _start_recording(env, agent, loaded: Loaded, config: Config, args: EvalArgs,
         walker = ""
     metadata = {
         "task": config.task, "walker": walker, "checkpoint": str(loaded.path), "run_dir": str(loaded.run_dir),
-        "env_steps": int(loaded.state.get("counters", {}).get("env_steps", loaded.step)), "seed": int(config.seed),
-        "deterministic": args.deterministic, "record_every": args.record_every, "step_seconds": 1.0 / control_fps(env),
+        "env_steps": loaded.env_steps, "seed": int(config.seed),
+        "deterministic": args.deterministic, "record_every": args.record_every, "step_seconds": 1.0 / fps,
         "action_repeat": int(config.env.action_repeat), "episodes": args.episodes,
         "config": yaml_dump(config.to_dict()),
     }
     path = pathlib.Path(args.record).expanduser() if args.record else out.with_suffix(".nwb")
-    recorder = recording.Recorder(path, env, recording.agent_series_names(agent.branches), act_space["action"].shape[0],
-                                  1.0 / control_fps(env), metadata, record_every=args.record_every,
+    recorder = recording.Recorder(path, env, agent.internal_names, act_space["action"].shape[0],
+                                  1.0 / fps, metadata, record_every=args.record_every,
                                   control=args.record_control)  # checks pynwb and the path first
     control = Agent(obs_space, act_space, with_task_keys(config, obs_space), mesh=None) if args.record_control else None
     return recorder, control

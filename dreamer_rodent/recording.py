@@ -60,12 +60,6 @@ EMBED_UNIT = "a.u."
 SPECIES = {"rat": "Rattus norvegicus", "mouse": "Mus musculus"}  # what the simulated body models
 
 
-def agent_series_names(branches: Sequence[str]) -> list[str]:
-    """The internals `Agent.policy(..., record=True)` returns, for an agent with these encoder branches."""
-    return ["deter", "stoch_probs", "stoch", *[f"embed/{b}" for b in branches], "actor_mean", "actor_std", "action",
-            "value", "reward", "cont"]
-
-
 class RecordingError(Exception):
     """The recording cannot be made (pynwb missing, a bad path); the message says how to fix it."""
 
@@ -213,7 +207,7 @@ class Recorder:
     2N, ... of each episode (`record_every = N`). `metadata` goes into the file as-is.
     """
 
-    def __init__(self, path, env, agent_series: Sequence[str], action_size: int,
+    def __init__(self, path, env, internal_names: Sequence[str], action_size: int,
                  dt: float, metadata: Mapping[str, Any], record_every: int = 1, control: bool = False):
         require_pynwb()
         if record_every < 1:
@@ -239,12 +233,12 @@ class Recorder:
         self.modules = ["agent"] + (["agent_untrained"] if control else [])
         self.series: dict[str, Series] = {}
         for module in self.modules:
-            for name in agent_series:
+            for name in [*internal_names, "action"]:  # Agent.internal_names, and the action the eval took
                 self._add(self._agent_series(module, name, action_columns))
         for series in self.body.series():
             self._add(series)
         columns = env.obs_columns
-        self._senses = [k for k in columns]
+        self._senses = list(columns)
         for key in self._senses:
             self._add(Series(f"obs_{key}", "acquisition", "observation units",
                              f"the env's '{key}' observation (as the agent receives it, before symlog; a key the "
@@ -259,7 +253,6 @@ class Recorder:
         self._times: list[float] = []
         self._clock = 0.0
         self._keep = False
-        self._body_pending = False
 
     def _add(self, series: Series) -> None:
         self.series[f"{series.module}/{series.name}"] = series
@@ -273,8 +266,8 @@ class Recorder:
     def _agent_series(module: str, name: str, action_columns: Sequence[str]) -> Series:
         if name.startswith("embed/"):
             branch = name.split("/", 1)[1]
-            return Series(f"embed_{branch}", module, EMBED_UNIT, f"the {branch} encoder's embedding of this step's "
-                                                                 f"observation (its input to the posterior)")
+            return Series(Recorder._series_name(name), module, EMBED_UNIT,
+                          f"the {branch} encoder's embedding of this step's observation (its input to the posterior)")
         unit, description = AGENT_SERIES[name]
         if module == "agent_untrained" and name == "action":
             description = ("the action the untrained agent would choose here (never executed: it is fed the trained "

@@ -761,13 +761,11 @@ def final_eval(out: pathlib.Path, seeds: Sequence[int], levels: Sequence[int | N
         if not records:
             continue
 
-        def mean(key):
-            values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-            return sum(values) / len(values) if values else ""
-
+        means = {key: _mean([r.get(key) for r in records]) for key in ("targets_per_min", "success", "return")}
+        means = {key: "" if value is None else value for key, value in means.items()}
         rows.append({"seed": baseline_seed, "level": "" if level is None else level, "policy": "random",
-                     "episodes": len(records), "targets_per_min": mean("targets_per_min"),
-                     "success_rate": mean("success"), "return_mean": mean("return")})
+                     "episodes": len(records), "targets_per_min": means["targets_per_min"],
+                     "success_rate": means["success"], "return_mean": means["return"]})
     with open(out / "final_eval.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, FINAL_FIELDS)
         writer.writeheader()

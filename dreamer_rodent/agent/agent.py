@@ -46,7 +46,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dreamer_rodent.agent import dists
-from dreamer_rodent.agent.nets import Nets, check_resolution, feature
+from dreamer_rodent.agent.nets import Nets, check_resolution, feature, fuse
 from dreamer_rodent.agent.optim import make_partitioned
 
 f32 = jnp.float32
@@ -196,7 +196,10 @@ class Agent:
         self.spec = build_spec(self.obs_space, self.act_space, config)
         self.nets = Nets(self.spec, self.dtype)
         self.keys = obs_keys(self.spec)
-        self.branches = [k for k, _, _ in self.spec["image"]] + [name for name, _, _, _ in self.spec["groups"]]
+        branches = [k for k, _, _ in self.spec["image"]] + [name for name, _, _, _ in self.spec["groups"]]
+        # What policy(..., record=True) returns under "internals", in _policy_step's order.
+        self.internal_names = ["deter", "stoch_probs", "stoch", *[f"embed/{b}" for b in branches], "actor_mean",
+                               "actor_std", "value", "reward", "cont"]
         self.ignored_keys = sorted(k for k in self.obs_space
                                    if k not in self.keys and k not in BOOKKEEPING_KEYS and not k.startswith("log/"))
         self.bins = dists.bins(self.ac.bins)
@@ -247,8 +250,8 @@ class Agent:
 
     def policy(self, carry, obs, mode: str = "train", record: bool = False):
         """One action per batch row. `record=True` also returns the agent's internals for that step under
-        "internals" (`INTERNALS`: the RSSM state, each encoder branch, the actor's mean and std, the critic's value,
-        the predicted reward and continue), computed by the same function, so the action is the same either way."""
+        "internals" (`internal_names`: the RSSM state, each encoder branch, the actor's mean and std, the critic's
+        value, the predicted reward and continue), computed by the same function, so the action is the same."""
         if mode not in ("train", "eval"):
             raise ValueError(f"policy mode is '{mode}': use 'train' (sample actions) or 'eval' (take the mode).")
         obs = self._select(obs, self.keys + ["is_first"], "policy obs")
@@ -576,7 +579,7 @@ class Agent:
         m = 1.0 - first.astype(f32)[:, None]
         deter = self._apply(params, Nets.core, carry["deter"] * m, carry["stoch"] * m[..., None], carry["action"] * m)
         parts = self._apply(params, Nets.encode_parts, obs)
-        embed = jnp.concatenate([parts[name].astype(self.dtype) for name in self.branches], -1)  # encode's order
+        embed = fuse(parts, self.dtype)  # as Nets.encode
         logits = self._apply(params, Nets.posterior, deter, embed)
         k1, k2 = jax.random.split(key)
         stoch = dists.sample_onehot(k1, logits) if sample else dists.mode_onehot(logits)

@@ -210,7 +210,7 @@ class Nets(nn.Module):
 
     def encode(self, obs):
         """obs: dict of raw arrays with shared leading dims. Returns the fused embedding."""
-        return jnp.concatenate([p.astype(self.dtype) for p in self.encode_parts(obs).values()], -1)
+        return fuse(self.encode_parts(obs), self.dtype)
 
     def encode_parts(self, obs):
         """Each encoder branch's embedding by name (image keys, then the vector groups), in `encode`'s order."""
@@ -292,6 +292,11 @@ class Nets(nn.Module):
         prior = self.prior(deter)
         feat = feature(deter, jax.nn.softmax(post))
         return self.decode(feat), prior, self.reward(feat), self.cont(feat), self.actor(feat), self.critic(feat)
+
+
+def fuse(parts, dtype):
+    """The fused embedding the posterior reads: `Nets.encode_parts`' branches concatenated in their order."""
+    return jnp.concatenate([p.astype(dtype) for p in parts.values()], -1)
 
 
 def feature(deter, stoch):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import pathlib
 import sys
 import time
@@ -119,9 +118,8 @@ def evaluate(model, task: str, train_flags: list[str], seed: int, episodes: int,
             obs, _ = env.reset()
     env.close()
 
-    def mean(key):
-        values = [r[key] for r in records if r.get(key) is not None and math.isfinite(r[key])]
-        return float(np.mean(values)) if values else None
+    def mean(key):  # over the episodes that have the field (first_reach_s: those that reached one)
+        return learn._mean([r.get(key) for r in records])
 
     return {"episodes": records, "level": level, "deterministic": True, "return": mean("return"),
             "success_rate": mean("success"), "targets_per_min": mean("targets_per_min"),
