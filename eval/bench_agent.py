@@ -72,16 +72,34 @@ def random_batch(obs_space, act_space, lead, rng):
 
 
 def parse_row(row: str):
-    """preset:dtype:obs[:actor_grad]; without the fourth field the config's default actor gradient."""
+    """preset:dtype:obs[:actor_grad][:key=value...]; without an actor gradient the config's default.
+
+    Each key=value sets one config key for that row, e.g. `size1m:float32:proprio:reinforce:agent.imag_last=16`.
+    """
     parts = row.split(":")
+    sets = [p for p in parts if "=" in p]
+    parts = [p for p in parts if "=" not in p]
     if len(parts) not in (3, 4):
-        raise SystemExit(f"error: row '{row}' is not preset:dtype:obs[:actor_grad] (e.g. size1m:float32:proprio:reinforce)")
+        fail(f"row '{row}' is not preset:dtype:obs[:actor_grad][:key=value...] "
+             f"(e.g. size1m:float32:proprio:reinforce:agent.imag_last=16)")
     preset, dtype, kind = parts[:3]
     flags = {"jax.compute_dtype": dtype}
     if len(parts) == 4:
         flags["agent.actor_grad"] = parts[3]
-    config = build_config([preset], flags)
-    return preset, dtype, kind, config
+    for item in sets:
+        key, value = item.split("=", 1)
+        flags[key] = value  # a string, converted to the key's type as the command line's are
+    try:
+        config = build_config([preset], flags)
+    except (KeyError, ValueError) as exc:
+        fail(f"row '{row}': {exc}")
+    return preset, dtype, kind, config, ":".join(sets)
+
+
+def fail(message: str):
+    """One error line and exit code 2, as the project's commands end on bad input."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def train_flops(agent, carry, data) -> float | None:
@@ -161,6 +179,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="", help="also write the rows to this file")
     parser.add_argument("--platform", default="auto", help="jax.platform for the rows: auto | cpu | gpu")
     args = parser.parse_args(argv)
+    for row in args.rows:  # every row's syntax and keys before the first is measured
+        parse_row(row)
     if args.platform != "auto":
         jax.config.update("jax_platforms", args.platform)
     cache = os.path.expanduser(str(build_config([]).jax.cache_dir or ""))
@@ -191,9 +211,9 @@ def main(argv=None) -> int:
 
 
 def measure(row: str, args) -> dict:
-    preset, dtype, kind, config = parse_row(row)
+    preset, dtype, kind, config, sets = parse_row(row)
     r = bench_row(preset, kind, config, args.batch, args.length, args.envs, args.seconds, flops=args.flops)
-    r.update(row=row, preset=preset, dtype=dtype, obs=kind, actor_grad=config.agent.actor_grad,
+    r.update(row=row, preset=preset, dtype=dtype, obs=kind, actor_grad=config.agent.actor_grad, sets=sets,
              load=list(r["load"]))
     print(table([r], args.peak_tflops)[-1], flush=True)
     return r
@@ -210,7 +230,8 @@ def isolated(args) -> list[dict]:
                     "--batch", str(args.batch), "--length", str(args.length), "--envs", str(args.envs),
                     "--seconds", str(args.seconds), "--platform", args.platform,
                     "--peak-tflops", str(args.peak_tflops)] + (["--flops"] if args.flops else [])
-            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+            if subprocess.run(argv, stdout=subprocess.DEVNULL).returncode != 0:
+                fail(f"row '{row}' failed in its own process (its output is above); the rows before it are printed.")
             rows += json.loads(pathlib.Path(out.name).read_text())["rows"]
         print(table(rows[-1:], args.peak_tflops)[-1], flush=True)
     return rows
@@ -218,7 +239,7 @@ def isolated(args) -> list[dict]:
 
 def table(rows: list[dict], peak_tflops: float = 0.0) -> list[str]:
     lines = [
-        "| preset | dtype | obs | actor grad | params | train replayed steps/s | ms/update | compile s | "
+        "| preset | dtype | obs | actor grad (and set keys) | params | train replayed steps/s | ms/update | compile s | "
         "policy steps/s | ms/policy step | policy compile s | GFLOP/update | TFLOP/s | MFU | peak host RSS GiB | "
         "load (1 min) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -228,7 +249,8 @@ def table(rows: list[dict], peak_tflops: float = 0.0) -> list[str]:
         mfu = f"{100 * tflops / peak_tflops:.1f}%" if tflops and peak_tflops > 0 else ""
         gflops = "" if r.get("flops") is None else f"{r['flops'] / 1e9:.1f}"
         lines.append(
-            f"| {r['preset']} | {r['dtype']} | {r['obs']} | {r['actor_grad']} | {r['params'] / 1e6:.2f}M | "
+            f"| {r['preset']} | {r['dtype']} | {r['obs']} | {' '.join([r['actor_grad']] + r.get('sets', '').split(':')).strip()} | "
+            f"{r['params'] / 1e6:.2f}M | "
             f"{r['train_sps']:,.0f} | {r['train_ms']:.0f} | {r['compile_s']:.1f} | {r['policy_sps']:,.0f} | "
             f"{r['policy_ms']:.2f} | {r['policy_compile_s']:.1f} | "
             f"{gflops} | "

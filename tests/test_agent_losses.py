@@ -13,7 +13,7 @@ from dreamer_rodent.agent import Agent, dists
 from dreamer_rodent.agent.agent import module_of
 from dreamer_rodent.agent.nets import Nets, feature
 from dreamer_rodent.config import build_config
-from test_agent import B, FLAGS, make_batch, spaces
+from test_agent import B, FLAGS, T, make_batch, spaces
 
 MODULES = ("encoder", "decoder", "rssm", "reward", "cont", "actor", "critic")
 
@@ -210,3 +210,70 @@ def test_imagination_starts_weights_and_advantage_by_hand():
     np.testing.assert_allclose(metrics["imag/weight"], float(jnp.mean(w)), rtol=1e-5)
     policy = -jnp.mean(w * (logp * (rets - val[:-1]) / scale + agent.ac.actent * ent))
     np.testing.assert_allclose(metrics["loss/policy"], float(policy), rtol=1e-4)
+
+
+def test_imag_last_starts_imagination_and_the_replay_value_loss_at_the_last_k_states():
+    """agent.imag_last = K: imagination starts from the last K replayed states of each row (B x K starts, cost ~K/T),
+    and the replay value loss runs over those K steps, bootstrapped from their imagined returns."""
+    K = 5
+    agent, batch = make({"agent.actor_grad": "reinforce", "agent.imag_last": K})
+    # Episode ends inside the last K steps, so that the masks and cuts of the replay returns are exercised.
+    is_last, is_terminal = np.zeros((B, T), bool), np.zeros((B, T), bool)
+    is_last[0, T - 3] = is_terminal[0, T - 3] = True
+    is_last[1, T - 2] = True
+    batch = dict(batch, is_last=jnp.asarray(is_last), is_terminal=jnp.asarray(is_terminal))
+    params = trained_params(agent, batch)
+    _, _, (deter, stoch, feat), _ = agent._wm_losses(params, batch, agent._zero_carry(B), jax.random.PRNGKey(0))
+    seen = {}
+    imagine = agent._imagine
+
+    def spy(p, d, s, key, grad):
+        seen["deter"], seen["stoch"] = d, s
+        seen["out"] = imagine(p, d, s, key, grad)
+        return seen["out"]
+
+    agent._imagine = spy
+    _, metrics, _ = agent._ac_losses(params, agent._state["slow"], agent._state["retnorm"], batch, deter, stoch,
+                                     feat, jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(seen["deter"], np.asarray(deter)[:, -K:].reshape(B * K, -1))
+    np.testing.assert_array_equal(seen["stoch"], np.asarray(stoch)[:, -K:].reshape((B * K,) + stoch.shape[2:]))
+    feats, _ = seen["out"]
+    rew = dists.twohot_mean(agent._apply(params, Nets.reward, feats[1:]), agent.bins)
+    con = jax.nn.sigmoid(agent._apply(params, Nets.cont, feats[1:]))
+    val = dists.twohot_mean(agent._apply(params, Nets.critic, feats), agent.bins)
+    rets = dists.lambda_returns(rew, con, val, agent.discount, agent.ac.lambda_)
+    tail = lambda k: jnp.asarray(batch[k], jnp.float32)[:, -K:]
+    rrets = dists.replay_returns(tail("reward"), tail("is_last"), tail("is_terminal"), rets[0].reshape(B, K),
+                                 agent.discount, agent.ac.lambda_)
+    assert rrets.shape == (B, K - 1)
+    np.testing.assert_allclose(metrics["replay/return"], float(jnp.mean(rrets)), rtol=1e-4)
+    np.testing.assert_allclose(metrics["imag/return"], float(jnp.mean(rets)), rtol=1e-4)
+    # The replay value loss: the critic on the replayed features of steps T-K .. T-2, masked after is_last.
+    rep_feat = feat[:, T - K:T - 1]
+    slow = dists.twohot_mean(agent._apply(dict(params, **agent._state["slow"]), Nets.critic, rep_feat), agent.bins)
+    logits = agent._apply(params, Nets.critic, rep_feat)
+    mask = 1.0 - tail("is_last")[:, :-1]
+    assert float(mask.min()) == 0.0
+    repval = jnp.mean(mask * (dists.twohot_loss(logits, rrets, agent.bins)
+                              + agent.ac.loss_scales.slowreg * dists.twohot_loss(logits, slow, agent.bins)))
+    np.testing.assert_allclose(metrics["loss/repval"], float(repval), rtol=1e-4)
+
+
+def test_imag_last_of_the_row_length_or_more_is_every_state():
+    metrics = {}
+    for k in (0, T, 100):
+        agent, batch = make({"agent.actor_grad": "reinforce", "agent.imag_last": k})
+        _, (m, _, _, _) = agent._loss(agent._state["params"], agent._state["slow"], agent._state["retnorm"], batch,
+                                      agent._zero_carry(B), jax.random.PRNGKey(3))
+        metrics[k] = {name: float(v) for name, v in m.items()}
+    assert metrics[0] == metrics[T] == metrics[100]
+    agent, batch = make({"agent.actor_grad": "reinforce", "agent.imag_last": 4})
+    _, (m, _, _, _) = agent._loss(agent._state["params"], agent._state["slow"], agent._state["retnorm"], batch,
+                                  agent._zero_carry(B), jax.random.PRNGKey(3))
+    assert float(m["imag/weight"]) != metrics[0]["imag/weight"] or float(m["loss/repval"]) != metrics[0]["loss/repval"]
+
+
+@pytest.mark.parametrize("value", [1, -2])
+def test_imag_last_below_two_is_refused(value):
+    with pytest.raises(ValueError, match="imag_last"):
+        make({"agent.imag_last": value})

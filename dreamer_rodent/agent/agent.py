@@ -29,6 +29,11 @@ Choices where the papers leave room (documented so they can be revisited):
   paper's choice). The rodent go-to presets weight the 3-number task cue 10x:
   beside ~100 proprio numbers the world model otherwise kept the target with
   2.3x the squared error and the policy did not steer to it (eval/RESULTS.md).
+- Imagination starts from every replayed state, or with `agent.imag_last` K
+  from the last K of each row only (upstream's option): the imagination and
+  actor-critic cost scales with K/T, and the first states of a row, whose
+  posterior has not settled after a zero start, seed no rollout. The replay
+  value loss runs over the same K steps, whose imagined returns bootstrap it.
 - Every training batch starts from the zero latent state unless
   `agent.train_carry` is set, in which case the last posterior state of each
   row is carried into the next batch (for runtimes that replay consecutive
@@ -204,6 +209,9 @@ class Agent:
                                    if k not in self.keys and k not in BOOKKEEPING_KEYS and not k.startswith("log/"))
         self.bins = dists.bins(self.ac.bins)
         self.discount = 1.0 - 1.0 / self.ac.horizon
+        if self.ac.imag_last == 1 or self.ac.imag_last < 0:
+            raise ValueError(f"agent.imag_last is {self.ac.imag_last}: use 0 (imagine from every replayed state) or "
+                             f"K >= 2 (the last K of each row; the replay value loss needs two).")
         if self.ac.actor_grad not in ACTOR_GRADS:
             raise ValueError(f"agent.actor_grad is '{self.ac.actor_grad}': use one of {', '.join(ACTOR_GRADS)}.")
         groups = {label: dict(lr=o.lr, agc=o.agc, eps=o.eps, beta1=o.beta1, beta2=o.beta2, warmup=o.warmup)
@@ -482,16 +490,18 @@ class Agent:
     def _ac_losses(self, params, slow, retnorm, batch, deter, stoch, feat, key):
         ac, sc = self.ac, self.ac.loss_scales
         B, T = batch["is_first"].shape
-        N = B * T
+        K = min(ac.imag_last or T, T)  # imagination starts from the last K replayed states of each row
+        N = B * K
+        tail = lambda x: x[:, -K:]
+        starts = lambda x: tail(x).reshape((N,) + x.shape[2:])
         backprop = ac.actor_grad == "backprop"
-        feats, raws = self._imagine(params, deter.reshape((N,) + deter.shape[2:]), stoch.reshape((N,) + stoch.shape[2:]),
-                                    key, grad=backprop)
+        feats, raws = self._imagine(params, starts(deter), starts(stoch), key, grad=backprop)
         frozen = sg(params)
         slow_params = dict(frozen, **slow)
         # With backprop, rew/con/values below carry the actor's gradient through feats; the modules are frozen.
         rew = dists.twohot_mean(self._apply(frozen, Nets.reward, feats[1:]), self.bins)
         con = jax.nn.sigmoid(self._apply(frozen, Nets.cont, feats[1:]).astype(f32))
-        con0 = 1.0 - batch["is_terminal"].astype(f32).reshape(N)
+        con0 = 1.0 - starts(batch["is_terminal"]).astype(f32)
         critic_logits = self._apply(params, Nets.critic, sg(feats))
         values = sg(dists.twohot_mean(critic_logits, self.bins))
         live_values = dists.twohot_mean(self._apply(frozen, Nets.critic, feats), self.bins) if backprop else values
@@ -515,15 +525,16 @@ class Agent:
                                     + sc.slowreg * dists.twohot_loss(critic_logits[:-1], slow_mean, self.bins)))
         # Replay value loss: the critic on replayed states, towards lambda returns of the real rewards
         # bootstrapped from the imagined returns of each replayed state.
-        boot = rets[0].reshape(B, T)
-        f = lambda x: x.astype(f32)
+        # Over the same last K steps of each row as imagination (the ones with a bootstrap).
+        boot = rets[0].reshape(B, K)
+        f = lambda x: tail(x).astype(f32)
         rrets = dists.replay_returns(f(batch["reward"]), f(batch["is_last"]), f(batch["is_terminal"]), boot,
                                      self.discount, ac.lambda_)
         # With agent.repval_grad the loss also trains the world model through the replayed features (v2).
-        rep_feat = feat[:, :-1] if ac.repval_grad else sg(feat[:, :-1])
-        rep_logits = self._apply(params, Nets.critic, rep_feat)
-        rep_slow = sg(dists.twohot_mean(self._apply(slow_params, Nets.critic, sg(feat[:, :-1])), self.bins))
-        mask = 1.0 - f(batch["is_last"][:, :-1])
+        rep_feat = tail(feat)[:, :-1]
+        rep_logits = self._apply(params, Nets.critic, rep_feat if ac.repval_grad else sg(rep_feat))
+        rep_slow = sg(dists.twohot_mean(self._apply(slow_params, Nets.critic, sg(rep_feat)), self.bins))
+        mask = 1.0 - f(batch["is_last"])[:, :-1]
         repval = jnp.mean(mask * (dists.twohot_loss(rep_logits, rrets, self.bins)
                                   + sc.slowreg * dists.twohot_loss(rep_logits, rep_slow, self.bins)))
         total = sc.policy * policy + sc.value * value + sc.repval * repval

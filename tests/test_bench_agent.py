@@ -1,0 +1,42 @@
+"""eval/bench_agent.py's row syntax: the keys a row sets reach the agent's config; a bad row is an error line."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_agent", ROOT / "eval" / "bench_agent.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_row_sets_config_keys_by_their_types(bench):
+    preset, dtype, kind, config, sets = bench.parse_row("debug:float32:proprio:reinforce:agent.imag_last=8")
+    assert (preset, dtype, kind, sets) == ("debug", "float32", "proprio", "agent.imag_last=8")
+    assert config.agent.imag_last == 8 and config.agent.actor_grad == "reinforce"
+    _, _, _, config, sets = bench.parse_row("debug:float32:image")
+    assert sets == "" and config.agent.imag_last == 0
+
+
+@pytest.mark.parametrize("row,words", [("debug:float32", "is not preset:dtype:obs"),
+                                       ("debug:float32:proprio:agent.imag_lst=8", "imag_last")])
+def test_a_bad_row_is_one_error_line_with_exit_code_2(bench, capsys, row, words):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_row(row)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1
+
+
+def test_a_bad_row_anywhere_stops_before_anything_is_measured(bench, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--rows", "debug:float32:proprio", "debug:float32:proprio:agent.imag_last=x", "--no-counts"])
+    assert exit_info.value.code == 2
+    out = capsys.readouterr()
+    assert "imag_last" in out.err and "| debug |" not in out.out
