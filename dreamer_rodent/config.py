@@ -431,6 +431,67 @@ def build_task_config(names: Iterable[str], flags: Mapping[str, Any]) -> Config:
     return build_config(task_preset(flags.get("task"), names) + names, flags)
 
 
+def with_defaults(config: Config) -> Config:
+    """A saved config over today's defaults, so that a run from an older version has every key (a key added since
+    takes its default, which keeps the old behaviour)."""
+    from tasks import registry
+
+    module = str(config.get("task_module", "") or "")
+    registry.load_module(module)  # a plugin task: its declared settings are among the defaults
+    defaults = build_config([], {"task": config.task, "task_module": module})
+    known = defaults.flat()
+    saved = {k: v for k, v in config.flat().items() if k in known and not isinstance(v, dict)}
+    return defaults.update(saved)
+
+
+# Keys that set the model's size: a preset or flag that sets one of them keeps the CPU preset away.
+MODEL_SIZE_PREFIXES = ("agent.rssm.", "agent.units", "agent.depth", "agent.vestibular_units", "agent.proprio_units",
+                       "agent.task_units", "agent.cnn_mults", "agent.enc_layers", "agent.dec_layers",
+                       "agent.head_layers", "agent.ac_layers")
+
+
+def _sizes(key: str) -> bool:
+    return key.startswith(MODEL_SIZE_PREFIXES)
+
+
+def sizes_model(names: Iterable[str], flags: Mapping[str, Any], path=CONFIGS_PATH) -> bool:
+    """Whether a preset in `names` (the task's own included) or a flag sets the model's size."""
+    presets = load_presets(path)
+    if any(_sizes(key) for key in flags):
+        return True
+    for name in names:
+        preset = presets.get(name)
+        if isinstance(preset, Mapping) and any(_sizes(key) for key, _ in _flatten(preset)):
+            return True
+    return False
+
+
+def with_cpu_preset(argv: Iterable[str], config: Config, platform: str) -> tuple[Config, str | None]:
+    """On a CPU, the command line's config with `jax.cpu_preset` under the user's presets when nothing sizes the model.
+
+    The defaults are the paper's GPU-sized model (15M parameters with the camera): on a CPU its first update takes
+    minutes and every later one a minute. A run that names no model size (no preset, the task's own included, and
+    no flag sets a key of MODEL_SIZE_PREFIXES) gets the CPU preset, stacked after the task's preset and before the
+    user's presets and flags; the returned note says so and what else the preset sets. Returns (config, None) where
+    nothing changes."""
+    preset = str(config.jax.cpu_preset or "")
+    if platform != "cpu" or not preset:
+        return config, None
+    names, flags, _ = split_flags(argv)
+    if sizes_model(task_preset(flags.get("task"), names) + names, flags):
+        return config, None
+    config = build_task_config([preset] + names, flags)
+    camera = any(str(k) == "image" for k in config.env.keys)
+    speed = (" With the camera each update still takes seconds on a CPU; add --configs proprio_only for the run "
+             "that learns within an hour (README)." if camera else "")
+    before = build_task_config(names, flags).flat()
+    changed = sorted(k for k, v in config.flat().items() if before.get(k) != v and not _sizes(k))
+    also = f" It also sets {', '.join(f'{k}={config[k]!r}' for k in changed)}." if changed else ""
+    return config, (f"on the CPU with no model size given, the '{preset}' preset (jax.cpu_preset) sizes the model, "
+                    f"so that training starts within minutes.{also}{speed} For the paper's GPU-sized model on a "
+                    f"CPU, pass --jax.cpu_preset '' (or a size preset such as --configs size12m).")
+
+
 def task_preset(task, names: Iterable[str], path=CONFIGS_PATH) -> list[str]:
     """`[task]` when configs.yaml has task defaults for `--task NAME` (a preset of that name that sets
     `task: NAME`, e.g. mouse_goto's mouse-sized success radius) and `--configs` does not list it already;

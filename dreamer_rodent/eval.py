@@ -30,7 +30,7 @@ import numpy as np
 
 import dreamer_rodent  # noqa: F401  (sets MUJOCO_GL before dm_control is imported)
 from dreamer_rodent import cli_help, gl_backend, video
-from dreamer_rodent.config import Config, ConfigError, split_flags
+from dreamer_rodent.config import Config, ConfigError, split_flags, with_defaults
 from dreamer_rodent.overlay import DREAM_LENGTH, DREAM_SEQUENCES, compose_frame, dream_batch, dream_frames, frame_text
 from dreamer_rodent.rollout import EvalError, Episode, policy_obs, run_episodes
 from dreamer_rodent.scores import format_table, strict_json, summarize
@@ -255,20 +255,7 @@ def load_checkpoint(path) -> Loaded:
         raise EvalError(f"checkpoint {found} cannot be read ({type(error).__name__}: {error}): a running training may "
                         "have just pruned it (run eval again), or it is damaged.") from None
     run_dir = found.parent.parent if found.parent.name == ckpt_lib.CHECKPOINTS else found.parent
-    return Loaded(found, run_dir, _with_defaults(loaded.config), loaded.arrays, loaded.state, loaded.step)
-
-
-def _with_defaults(config: Config) -> Config:
-    """The saved config over today's defaults, so a checkpoint from an older version still has every key."""
-    from dreamer_rodent.config import build_config
-    from tasks import registry
-
-    module = str(config.get("task_module", "") or "")
-    registry.load_module(module)  # a plugin task: its declared settings are among the defaults
-    defaults = build_config([], {"task": config.task, "task_module": module})
-    known = defaults.flat()
-    saved = {k: v for k, v in config.flat().items() if k in known and not isinstance(v, dict)}
-    return defaults.update(saved)
+    return Loaded(found, run_dir, with_defaults(loaded.config), loaded.arrays, loaded.state, loaded.step)
 
 
 def _reseed_policy(arrays: dict, seed: int) -> dict:

@@ -32,7 +32,7 @@ import numpy as np
 from dreamer_rodent import checkpoint as ckpt
 from dreamer_rodent import cli_help, distributed, gl_backend
 from dreamer_rodent.alarm import ExploitationAlarm
-from dreamer_rodent.config import Config, ConfigError, parse_args
+from dreamer_rodent.config import Config, ConfigError, parse_args, with_cpu_preset, with_defaults
 from dreamer_rodent.driver import Driver, Recent, agent_obs
 from dreamer_rodent.logger import Averages, Logger, Phase, Progress
 from dreamer_rodent.replay import Replay
@@ -73,6 +73,8 @@ def check_config(config: Config) -> None:
         ("batch_length", config.batch_length >= 2, ">= 2"),
         ("replay.chunk", config.replay.chunk >= 1, ">= 1"),
         ("replay.capacity", config.replay.capacity >= config.batch_length, ">= batch_length"),
+        ("agent.imag_last", config.agent.imag_last == 0 or config.agent.imag_last >= 2,
+         "0 (imagine from every replayed state) or >= 2 (the last K of each row)"),
     ] + [(f"agent.rec_scales.{branch}", scale >= 0, ">= 0") for branch, scale in config.agent.rec_scales.items()]
     for key, ok, rule in rules:
         if not ok:
@@ -161,6 +163,39 @@ def check_writable(rundir: pathlib.Path) -> None:
         ) from None
 
 
+def saved_config(rundir: pathlib.Path) -> Config | None:
+    """The config a run directory was made with (its latest checkpoint's, else its own), over today's defaults."""
+    if not rundir.exists():
+        return None
+    latest = ckpt.Checkpointer(rundir, 1).latest()
+    for path in ([latest / "config.yaml"] if latest is not None else []) + [rundir / "config.yaml"]:
+        try:
+            return with_defaults(Config.load(path))
+        except Exception:  # noqa: BLE001 - missing or damaged: find_resume and the loader report it
+            continue
+    return None
+
+
+def choose_model_size(argv: Sequence[str], config: Config, platform: str, saved: Config | None):
+    """The command line's config, or on a CPU its `jax.cpu_preset` variant (`with_cpu_preset`), and the note.
+
+    A resume keeps the model its run was made with: where exactly one of the two variants fits the saved
+    config's shapes, that one, whatever the platform now (a run the CPU preset sized resumes on a GPU, and a run
+    made before the preset existed resumes on a CPU)."""
+    sized, note = with_cpu_preset(argv, config, "cpu")
+    if note is None:
+        return config, None
+    if saved is not None:
+        fits_sized, fits_plain = (not ckpt.shape_differences(saved, c) for c in (sized, config))
+        if fits_sized != fits_plain:
+            if fits_plain:
+                return config, None
+            return sized, (note if platform == "cpu" else
+                           f"this run was made on a CPU with the '{config.jax.cpu_preset}' preset "
+                           "(jax.cpu_preset), and it resumes with that model.")
+    return (sized, note) if platform == "cpu" else (config, None)
+
+
 def find_resume(rundir: pathlib.Path, config: Config, keep: int):
     """The checkpoint to resume from (metadata only), after checking the config fits it."""
     if not rundir.exists():
@@ -173,10 +208,10 @@ def find_resume(rundir: pathlib.Path, config: Config, keep: int):
         except Exception:  # noqa: BLE001 - a damaged checkpoint is reported (and skipped) when it is loaded
             old = None
         if old is not None:
-            ckpt.check_compatible(old, config, latest)
+            ckpt.check_compatible(with_defaults(old), config, latest)
         return latest
     if (rundir / "config.yaml").exists():
-        ckpt.check_compatible(Config.load(rundir / "config.yaml"), config, rundir / "config.yaml")
+        ckpt.check_compatible(with_defaults(Config.load(rundir / "config.yaml")), config, rundir / "config.yaml")
     return None
 
 
@@ -801,6 +836,10 @@ def train(argv: Sequence[str]) -> str:
     process_index = jax.process_index()
     config_logdir_given = bool(config.logdir) and "{timestamp}" not in str(config.logdir)  # else say how to resume
     rundir = resolve_logdir(config)
+    config, cpu_note = choose_model_size(argv, config, mesh.devices.flat[0].platform, saved_config(rundir))
+    if cpu_note:
+        check_config(config)
+        mesh = distributed.make_mesh(config)
     check_writable(rundir)
     resume_from = find_resume(rundir, config, int(config.run.keep_checkpoints))
     if config.run.from_checkpoint and resume_from is None:
@@ -831,7 +870,7 @@ def train(argv: Sequence[str]) -> str:
         devices = mesh.devices.size
         hostinfo = f", process {hosts.process_id}/{hosts.num_processes} via {hosts.source}" if hosts else ""
         print(f"Devices: {devices} x {mesh.devices.flat[0].platform} on mesh axis 'data'{hostinfo}.", flush=True)
-        for note in platform_notes(config, mesh.devices.flat[0].platform):
+        for note in ([cpu_note] if cpu_note else []) + platform_notes(config, mesh.devices.flat[0].platform):
             print(f"Note: {note}", flush=True)
         if resume_from is None:
             print("Starting a new run." if not config.run.from_checkpoint else "Starting a new run (warm start).",

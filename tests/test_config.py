@@ -2,7 +2,7 @@
 
 import pytest
 
-from dreamer_rodent.config import Config, ConfigError, build_config, parse_args
+from dreamer_rodent.config import Config, ConfigError, build_config, parse_args, with_cpu_preset
 
 
 def test_presets_stack_in_order_then_flags_win():
@@ -83,3 +83,39 @@ def test_default_task_applies_its_preset_unless_a_preset_picks_the_task():
     config, _ = parse_args(["--configs", "rodent_goto"])  # that preset sets the task: no ball preset under it
     assert config.task == "rodent_goto" and config.agent.units == 256 and config.env.time_limit == 10.0
     assert config.env.action_repeat == 2 and config.agent.rec_scales.task == 10.0 and config.agent.rec_scales.proprio == 1
+
+
+def cpu_sized(argv, platform="cpu"):
+    config, _ = parse_args(argv)
+    return with_cpu_preset(argv, config, platform)
+
+
+def test_on_a_cpu_a_run_that_names_no_model_size_gets_the_cpu_preset_under_the_users_flags():
+    small = build_config(["cpu_small"])
+    config, note = cpu_sized(["--task", "rodent_goto", "--configs", "proprio_only", "--run.train_ratio", "8"])
+    assert note and "cpu_small" in note and "--jax.cpu_preset ''" in note and "camera" not in note
+    _, note = cpu_sized(["--task", "rodent_goto"])
+    assert "camera" in note and "proprio_only" in note
+    assert config.agent.rssm.deter == small.agent.rssm.deter and config.agent.actor_grad == small.agent.actor_grad
+    assert config.env.action_repeat == 2 and config.agent.rec_scales.task == 10.0  # the task's preset stays
+    assert list(config.env.keys) == ["vestibular", "proprio", "task"] and config.run.train_ratio == 8  # the user's win
+    default, _ = parse_args(["--task", "rodent_goto"])
+    assert default.agent.rssm.deter == 2048  # what a GPU gets
+
+
+@pytest.mark.parametrize("argv,platform", [
+    (["--task", "rodent_goto"], "gpu"),                                   # a GPU keeps the paper's size
+    (["--task", "rodent_goto", "--configs", "size12m"], "cpu"),           # a size preset
+    (["--task", "rodent_goto", "--agent.units", "128"], "cpu"),            # a size flag
+    (["--task", "rodent_goto", "--jax.cpu_preset", ""], "cpu"),           # turned off
+    (["--task", "ball_goto"], "cpu"),                                     # the task's own preset sizes it
+])
+def test_the_cpu_preset_leaves_a_sized_run_a_gpu_run_and_an_opt_out_alone(argv, platform):
+    before, _ = parse_args(argv)
+    config, note = cpu_sized(argv, platform)
+    assert note is None and config == before
+
+
+def test_an_unknown_cpu_preset_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError, match="cpu_smal"):
+        cpu_sized(["--task", "rodent_goto", "--jax.cpu_preset", "cpu_smal"])

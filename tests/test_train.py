@@ -130,7 +130,7 @@ def test_sigkill_then_resume_keeps_step_curriculum_and_replay_and_sigterm_saves(
     proc = subprocess.Popen([sys.executable, "-m", "dreamer_rodent.train", *args], cwd=ROOT, env=_env(),
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: _latest_step(rundir) >= 220, 150, proc, "a checkpoint past step 220")
+        _wait_for(lambda: _latest_step(rundir) >= 220, 300, proc, "a checkpoint past step 220")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -615,3 +615,66 @@ def test_sigterm_while_the_train_step_compiles_stops_at_once_and_keeps_the_prefi
     for phase in ("Building 2 envs of ball_goto", "Building the agent", "Collecting 64 random-action prefill steps",
                   "Compiling the policy"):
         assert phase in out, phase
+
+
+class _Built(Exception):
+    """Raised by a stand-in Trainer: the config train() built, without building envs."""
+
+
+def _config_train_builds(argv, monkeypatch, capsys):
+    from dreamer_rodent import train as train_module
+
+    def capture(config, *args, **kwargs):
+        raise _Built(config)
+
+    monkeypatch.setattr(train_module, "Trainer", capture)
+    with pytest.raises(_Built) as built:
+        train_module.train(argv)
+    return built.value.args[0], capsys.readouterr().out
+
+
+def test_on_a_cpu_the_headline_command_trains_the_cpu_preset_and_says_so(tmp_path, monkeypatch, capsys):
+    from dreamer_rodent.config import build_config
+
+    config, out = _config_train_builds(["--task", "rodent_goto", "--logdir", str(tmp_path / "a")], monkeypatch, capsys)
+    assert config.agent.rssm.deter == build_config(["cpu_small"]).agent.rssm.deter
+    assert "'cpu_small' preset (jax.cpu_preset)" in out
+    config, out = _config_train_builds(["--task", "rodent_goto", "--logdir", str(tmp_path / "b"), "--jax.cpu_preset",
+                                        ""], monkeypatch, capsys)
+    assert config.agent.rssm.deter == 2048 and "cpu_preset" not in out.split("GPU")[0]
+
+
+def test_a_resume_keeps_the_model_its_run_was_made_with_on_either_platform(tmp_path):
+    from dreamer_rodent.config import parse_args
+    from dreamer_rodent.train import choose_model_size
+
+    argv = ["--task", "rodent_goto"]
+    plain, _ = parse_args(argv)
+    sized, note = choose_model_size(argv, plain, "cpu", None)
+    assert sized.agent.rssm.deter != plain.agent.rssm.deter and note
+    assert choose_model_size(argv, plain, "gpu", None) == (plain, None)
+    # Made on a CPU with the preset, resumed on a GPU: the preset's model; made on a GPU (or before the preset
+    # existed), resumed on a CPU: the paper's.
+    config, note = choose_model_size(argv, plain, "gpu", sized)
+    assert config == sized and "resumes with that model" in note
+    assert choose_model_size(argv, plain, "cpu", plain) == (plain, None)
+
+
+def test_a_run_whose_config_predates_a_new_agent_key_still_resumes(finished_run, capsys):
+    """A key added to the defaults since (agent.imag_last here) takes its default on resume, not a mismatch."""
+    from dreamer_rodent.config import Config
+    from dreamer_rodent.train import find_resume
+
+    rundir, result, _ = finished_run
+    assert result.returncode == 0
+    config = Config.load(rundir / "config.yaml")
+    latest = rundir / "checkpoints" / (rundir / "checkpoints" / "latest").read_text().strip()
+    old = config.to_dict()
+    del old["agent"]["imag_last"]
+    saved = latest / "config.yaml"
+    original = saved.read_text()
+    try:
+        Config(old).save(saved)
+        assert find_resume(rundir, config, 3) == latest
+    finally:
+        saved.write_text(original)
