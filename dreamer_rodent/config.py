@@ -480,11 +480,11 @@ def with_cpu_preset(argv: Iterable[str], config: Config, platform: str) -> tuple
     names, flags, _ = split_flags(argv)
     if sizes_model(task_preset(flags.get("task"), names) + names, flags):
         return config, None
+    before = config.flat()  # `config` is the command line's own (parse_args of argv)
     config = build_task_config([preset] + names, flags)
     camera = any(str(k) == "image" for k in config.env.keys)
     speed = (" With the camera each update still takes seconds on a CPU; add --configs proprio_only for the run "
              "that learns within an hour (README)." if camera else "")
-    before = build_task_config(names, flags).flat()
     changed = sorted(k for k, v in config.flat().items() if before.get(k) != v and not _sizes(k))
     also = f" It also sets {', '.join(f'{k}={config[k]!r}' for k in changed)}." if changed else ""
     return config, (f"on the CPU with no model size given, the '{preset}' preset (jax.cpu_preset) sizes the model, "
