@@ -480,3 +480,29 @@ def test_curriculum_steps_down_in_the_env_and_logs_each_episodes_level():
     assert any(easy for _, _, easy in history) and not any(easy for c, _, easy in history if c == 0)
     assert env.curriculum_state()["level"] == 0
     env.close()
+
+
+def test_rodent_goto_preset_steps_physics_at_2ms_and_the_control_step_stays_20ms():
+    """env.physics_timestep sets MuJoCo's step only: the agent still acts every 20 ms (x action repeat)."""
+    from dreamer_rodent.config import task_preset
+
+    config = build_config(task_preset("rodent_goto", []) + ["proprio_only"], flags={"task": "rodent_goto"})
+    assert config.env.physics_timestep == 0.002
+    env = make_env(config)
+    task = _task(env)
+    assert env._env.physics.model.opt.timestep == pytest.approx(0.002)
+    assert task.control_timestep == pytest.approx(0.02)
+    assert task.physics_steps_per_control_step == 10
+    env.step({"action": np.zeros(38, np.float32), "reset": True})
+    env.step({"action": np.zeros(38, np.float32)})
+    assert env._env.physics.data.time == pytest.approx(2 * 0.02)  # action repeat 2 of 20 ms control steps
+    own = make_env(build_config(task_preset("rodent_goto", []) + ["proprio_only"],
+                                flags={"task": "rodent_goto", "env.physics_timestep": 0.0}))
+    assert own._env.physics.model.opt.timestep == pytest.approx(0.001)  # 0: the walker's own
+
+
+def test_a_physics_timestep_that_does_not_divide_the_control_step_is_refused():
+    with pytest.raises(base.TaskConfigError, match=r"env.physics_timestep is 0.003 s.*0.0025, 0.002, 0.001"):
+        _env("ball_goto", **{"env.physics_timestep": 0.003})
+    with pytest.raises(base.TaskConfigError, match="env.physics_timestep"):
+        _env("rodent_goto", **{"env.physics_timestep": 0.04})
