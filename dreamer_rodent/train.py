@@ -196,6 +196,18 @@ def choose_model_size(argv: Sequence[str], config: Config, platform: str, saved:
     return (sized, note) if platform == "cpu" else (config, None)
 
 
+def task_changes(saved: Config | None, config: Config) -> list[str]:
+    """What a resume changes about the task the run trained on (env.* and task_kwargs.*, e.g. a preset's physics
+    step or posture weight that changed since the run began): one line each, with the flag that keeps the old one."""
+    if saved is None:
+        return []
+    old, new = saved.flat(), config.flat()
+    keys = sorted(k for k in set(old) | set(new) if k.split(".")[0] in ("env", "task_kwargs")
+                  and k != "env.egl_device" and old.get(k) != new.get(k))
+    return [f"this run was made with {k}={old.get(k)!r} and resumes with {new.get(k)!r}; to keep the task it "
+            f"trained on, rerun with --{k} {old.get(k)}" for k in keys if k in old]
+
+
 def find_resume(rundir: pathlib.Path, config: Config, keep: int):
     """The checkpoint to resume from (metadata only), after checking the config fits it."""
     if not rundir.exists():
@@ -836,7 +848,8 @@ def train(argv: Sequence[str]) -> str:
     process_index = jax.process_index()
     config_logdir_given = bool(config.logdir) and "{timestamp}" not in str(config.logdir)  # else say how to resume
     rundir = resolve_logdir(config)
-    config, cpu_note = choose_model_size(argv, config, mesh.devices.flat[0].platform, saved_config(rundir))
+    saved = saved_config(rundir)
+    config, cpu_note = choose_model_size(argv, config, mesh.devices.flat[0].platform, saved)
     if cpu_note:
         check_config(config)
         mesh = distributed.make_mesh(config)
@@ -875,9 +888,12 @@ def train(argv: Sequence[str]) -> str:
         if resume_from is None:
             print("Starting a new run." if not config.run.from_checkpoint else "Starting a new run (warm start).",
                   flush=True)
-        elif config.run.from_checkpoint:
-            print(f"Note: run.from_checkpoint is ignored, this run resumes its own checkpoint ({resume_from}).",
-                  flush=True)
+        else:
+            for note in task_changes(saved, config):
+                print(f"Note: {note}", flush=True)
+            if config.run.from_checkpoint:
+                print(f"Note: run.from_checkpoint is ignored, this run resumes its own checkpoint ({resume_from}).",
+                      flush=True)
         try:
             trainer = Trainer(config, rundir, mesh, resume_from=resume_from, process_index=process_index, stop=stop)
         except BaseException:

@@ -678,3 +678,19 @@ def test_a_run_whose_config_predates_a_new_agent_key_still_resumes(finished_run,
         assert find_resume(rundir, config, 3) == latest
     finally:
         saved.write_text(original)
+
+
+def test_a_resume_names_each_task_setting_that_changed_since_the_run_began():
+    """A preset that changed since a run began (the rat's physics step, its posture weight) changes the task under
+    a resumed run: the resume says so, with the flag that keeps the old setting."""
+    from dreamer_rodent.config import build_config
+    from dreamer_rodent.train import task_changes
+
+    today = build_config(["rodent_goto", "cpu_small", "proprio_only"])
+    before = today.update({"env.physics_timestep": 0.0, "task_kwargs.posture_weight": 1.0})
+    notes = task_changes(before, today)
+    assert len(notes) == 2, notes
+    assert "env.physics_timestep=0.0 and resumes with 0.002" in notes[0] and "--env.physics_timestep 0.0" in notes[0]
+    assert "task_kwargs.posture_weight=1.0" in notes[1] and "--task_kwargs.posture_weight 1.0" in notes[1]
+    assert task_changes(today, today) == [] and task_changes(None, today) == []
+    assert task_changes(today.update({"run.train_ratio": 8}), today) == []  # not the task: no note
