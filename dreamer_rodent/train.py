@@ -202,10 +202,14 @@ def task_changes(saved: Config | None, config: Config) -> list[str]:
     if saved is None:
         return []
     old, new = saved.flat(), config.flat()
-    keys = sorted(k for k in set(old) | set(new) if k.split(".")[0] in ("env", "task_kwargs")
-                  and k != "env.egl_device" and old.get(k) != new.get(k))
-    return [f"this run was made with {k}={old.get(k)!r} and resumes with {new.get(k)!r}; to keep the task it "
-            f"trained on, rerun with --{k} {old.get(k)}" for k in keys if k in old]
+    changed = sorted(k for k in old if k.split(".")[0] in ("env", "task_kwargs") and k != "env.egl_device"
+                     and old[k] != new.get(k))
+
+    def flag(value):  # a list flag takes its items as separate words (--env.keys proprio task)
+        return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    return [f"this run was made with {k}={old[k]!r} and resumes with {new.get(k)!r}; to keep the task it trained "
+            f"on, rerun with --{k} {flag(old[k])}" for k in changed]
 
 
 def find_resume(rundir: pathlib.Path, config: Config, keep: int):

@@ -370,13 +370,13 @@ def set_physics_timestep(task: composer.Task, seconds: float) -> None:
     if seconds <= 0:
         return
     control = float(task.control_timestep)
-    steps = control / seconds
-    if seconds > control or abs(steps - round(steps)) > 1e-6 * steps:
+    try:
+        task.set_timesteps(control_timestep=control, physics_timestep=seconds)  # composer checks the division
+    except ValueError:
         raise TaskConfigError(
             f"env.physics_timestep is {seconds:g} s; it must divide the task's control step of {control:g} s "
             f"a whole number of times (e.g. {', '.join(f'{x:g}' for x in _dividing(control))}), or be 0 for the "
-            "task's own.")
-    task.set_timesteps(control_timestep=control, physics_timestep=seconds)
+            "task's own.") from None
 
 
 def _dividing(control: float, steps=(1, 2, 4, 5, 8, 10, 20)) -> list[float]:

@@ -694,3 +694,5 @@ def test_a_resume_names_each_task_setting_that_changed_since_the_run_began():
     assert "task_kwargs.posture_weight=1.0" in notes[1] and "--task_kwargs.posture_weight 1.0" in notes[1]
     assert task_changes(today, today) == [] and task_changes(None, today) == []
     assert task_changes(today.update({"run.train_ratio": 8}), today) == []  # not the task: no note
+    keys = task_changes(today.update({"env.keys": ["proprio", "task"]}), today)
+    assert len(keys) == 1 and keys[0].endswith("--env.keys proprio task"), keys
