@@ -8,6 +8,14 @@ of the rewards in the replayed batch. A policy that merely improves stays under
 what the best replayed steps earned; a model being exploited does not. When the
 logged excess stays above zero for `patience` log intervals in a row, one
 warning line is printed; another only after it has cleared.
+
+Beside it, `alarm/real_reward_gap`: the imagined reward per step minus the
+reward per step the real episodes of the same log interval earned (their total
+reward over their total length). The reward head on replayed states averages
+over the whole replay, old random-action data included, so an improving policy
+pulls ahead of it without exploiting anything; the real episodes are what the
+current policy actually earns, and a gap that stays large there is the model
+being exploited.
 """
 
 from __future__ import annotations
@@ -15,6 +23,15 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 KEY = "train/alarm/reward_excess"
+
+
+def real_reward_gap(metrics: Mapping[str, float]) -> float | None:
+    """Imagined reward per step minus the real episodes' reward per step in one log interval's averages;
+    None when the interval had no update or no finished episode."""
+    imagined, score, length = (metrics.get(k) for k in ("train/imag/reward", "episode/score", "episode/length"))
+    if imagined is None or score is None or not length:
+        return None
+    return float(imagined) - float(score) / float(length)
 
 
 class ExploitationAlarm:

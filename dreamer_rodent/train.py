@@ -31,7 +31,7 @@ import numpy as np
 
 from dreamer_rodent import checkpoint as ckpt
 from dreamer_rodent import cli_help, distributed, gl_backend
-from dreamer_rodent.alarm import ExploitationAlarm
+from dreamer_rodent.alarm import ExploitationAlarm, real_reward_gap
 from dreamer_rodent.config import Config, ConfigError, parse_args, with_cpu_preset, with_defaults
 from dreamer_rodent.driver import Driver, Recent, agent_obs
 from dreamer_rodent.logger import Averages, Logger, Phase, Progress
@@ -787,6 +787,9 @@ class Trainer:
         metrics["counters/train_steps"] = self.counters["train_steps"]
         metrics["counters/episodes"] = self.counters["episodes"]
         metrics["env/restarts"] = getattr(self.envs, "restarts", 0)  # env workers restarted since this process began
+        gap = real_reward_gap(metrics)
+        if gap is not None:
+            metrics["alarm/real_reward_gap"] = gap
         metrics["alarm/exploitation"] = self.alarm.update(self.counters["env_steps"], metrics)
         self.logger.scalars(self.counters["env_steps"], metrics)
 

@@ -1,18 +1,12 @@
 """eval/baselines/sb3.py: its episodes are recorded in eval/learn.py's format (SB3 itself is an optional extra)."""
 
-import importlib.util
-import pathlib
-
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from eval_scripts import load_script
 
 
 def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, name)
 
 
 def test_vector_env_steps_become_learn_py_episode_records():

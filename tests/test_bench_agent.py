@@ -1,19 +1,13 @@
 """eval/bench_agent.py's row syntax: the keys a row sets reach the agent's config; a bad row is an error line."""
 
-import importlib.util
-import pathlib
-
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from eval_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_agent", ROOT / "eval" / "bench_agent.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eval/bench_agent.py")
 
 
 def test_a_row_sets_config_keys_by_their_types(bench):

@@ -1,21 +1,19 @@
 """eval/learn.py's own logic on synthetic episodes: rolling rates, threshold, CSVs, plot."""
 
 import csv
-import importlib.util
 import json
 import pathlib
 
 import pytest
+
+from eval_scripts import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def learn():
-    spec = importlib.util.spec_from_file_location("learn", ROOT / "eval" / "learn.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eval/learn.py")
 
 
 def episodes(successes, level=0, length=100, start=0):

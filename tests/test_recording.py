@@ -1,6 +1,5 @@
 """eval --record: an NWB file whose series line up with the MP4 and the JSON, reopened with pynwb."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -11,6 +10,8 @@ import pytest
 from dreamer_rodent import eval as evaluation
 from dreamer_rodent import train
 
+from eval_scripts import load_script
+
 pynwb = pytest.importorskip("pynwb")
 
 TIME_LIMIT = "0.3"  # seconds per eval episode: ball 15 steps (20 ms), rat 8 (40 ms with action repeat 2)
@@ -18,14 +19,10 @@ AGENT = {"deter", "stoch_probs", "stoch", "actor_mean", "actor_std", "action", "
 BODY = {"joint_angle", "joint_velocity", "actuator_ctrl", "head_orientation", "torso_orientation", "reward",
         "target_distance", "position"}
 POSITIONS = {"head_position", "torso_position", "target_position"}
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _latents():
-    spec = importlib.util.spec_from_file_location("latents", ROOT / "eval" / "analysis" / "latents.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eval/analysis/latents.py")
 
 
 def _train(tmp_path_factory, task):

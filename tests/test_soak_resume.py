@@ -1,22 +1,16 @@
 """eval/soak_resume.py's own checks, on checkpoints made by hand (the soak itself is a benchmark, not a test)."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 
 from dreamer_rodent import checkpoint as ckpt
 from dreamer_rodent.config import build_config
 from dreamer_rodent.replay import Replay
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from eval_scripts import load_script
 
 
 def _soak():
-    spec = importlib.util.spec_from_file_location("soak_resume", ROOT / "eval" / "soak_resume.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eval/soak_resume.py")
 
 
 def _save(rundir, steps_per_stream, counted, keep=5):
