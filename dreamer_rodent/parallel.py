@@ -18,15 +18,23 @@ Failure handling, so that a long run never hangs on one bad env:
   the run stops with `EnvWorkerError` naming the worker and the cause. Each
   restart prints one `warning:` line (`BatchEnv.say`, stderr by default) and
   counts in `BatchEnv.restarts` (the trainer logs it as `env/restarts`).
+
+In-process envs (`env_parallel: none`) can be given a thread of their own
+(`own_thread=True`, what `run.collect_ahead` uses): every call on them, their
+construction and close included, then runs on that one thread, because a
+MuJoCo EGL context stays current on the thread that first rendered with it
+and dm_control refuses to render with it from any other.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -287,10 +295,12 @@ class BatchEnv:
         step_timeout: float = 120.0,
         start_timeout: float = 600.0,
         max_restarts: int = 5,
+        own_thread: bool = False,
     ):
         """`num` defaults to `config.run.envs`, `parallel` to `config.run.env_parallel`
         ('process' or 'none'). `ctor(config, index)` builds env `index` (in the
-        worker, so it must be picklable: a module-level function)."""
+        worker, so it must be picklable: a module-level function). `own_thread`
+        (in-process envs only): every env call runs on one dedicated thread."""
         self._config = config
         self._num = int(config.run.envs if num is None else num)
         self._parallel = str(config.run.env_parallel if parallel is None else parallel)
@@ -317,12 +327,16 @@ class BatchEnv:
         self._curriculum_cache: list = [None] * self._num
         self.restart_log: list[tuple[int, str]] = []  # (worker index, cause) of each restart
         self.say: Callable[[str], None] = _to_stderr  # where a restart's warning line goes
+        self._thread = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="envs")
+                        if own_thread and self._parallel == "none" else None)
+        # A signal during the build interrupts only the wait below; the env being built finishes on its thread.
+        self._thread_ident = self._thread.submit(threading.get_ident).result() if self._thread else None
 
         if self._parallel == "none":
             try:
                 for i in range(self._num):
                     before = process_memory() if i == 1 and self._num > MEASURE_ABOVE else None
-                    self._envs.append(ctor(config, i))
+                    self._envs.append(self._in_envs_thread(ctor, config, i))
                     if before is not None:  # env 1, not env 0: the first one also pays for importing dm_control
                         after = process_memory()
                         self._check_memory(after - before if after is not None else None, 2)
@@ -393,13 +407,7 @@ class BatchEnv:
             actions["reset"] = actions["reset"] | self._force_reset
             self._force_reset[:] = False
         if self._parallel == "none":
-            rows = []
-            for i, env in enumerate(self._envs):
-                try:
-                    rows.append(env.step({k: v[i] for k, v in actions.items()}))
-                except Exception as error:  # the same error type as from a worker process
-                    raise EnvWorkerError(i, f"exception in the env while stepping:\n{traceback.format_exc()}") from error
-            return self._stack(rows)
+            return self._stack(self._in_envs_thread(self._step_in_process, actions))
         for i in range(self._num):
             self._send(i, "step", {k: v[i] for k, v in actions.items()})
         failed: dict[int, str] = {}
@@ -421,6 +429,23 @@ class BatchEnv:
         if self._transport == "shm" and not failed and not extra_keys:
             return batch
         return self._stack(self._last_obs)
+
+    def _step_in_process(self, actions) -> list[dict]:
+        rows = []
+        for i, env in enumerate(self._envs):
+            try:
+                rows.append(env.step({k: v[i] for k, v in actions.items()}))
+            except Exception as error:  # the same error type as from a worker process
+                raise EnvWorkerError(i, f"exception in the env while stepping:\n{traceback.format_exc()}") from error
+        return rows
+
+    def _in_envs_thread(self, fn, *args):
+        """fn(*args) on the envs' own thread if they have one, else here (also when already on it: a __del__
+        that the thread's last reference triggers must not wait for itself)."""
+        thread = getattr(self, "_thread", None)  # None also in a close() from a failed __init__
+        if thread is None or threading.get_ident() == getattr(self, "_thread_ident", None):
+            return fn(*args)
+        return thread.submit(fn, *args).result()
 
     def curriculum_states(self) -> list:
         """Each env's curriculum state (plain data), in worker order."""
@@ -450,8 +475,13 @@ class BatchEnv:
         if self._closed:
             return
         self._closed = True
-        for env in self._envs:
-            env.close()
+        try:
+            for env in self._envs:
+                self._in_envs_thread(env.close)
+        finally:
+            if getattr(self, "_thread", None) is not None:
+                self._thread.shutdown(wait=threading.get_ident() != getattr(self, "_thread_ident", None))
+                self._thread = None
         for i in range(self._num):
             self._stop(i)
         if self._shared is not None:
@@ -655,14 +685,14 @@ class BatchEnv:
 
     def _call(self, i: int, name: str, args=()):
         if self._parallel == "none":
-            return getattr(self._envs[i], name)(*args)
+            return self._in_envs_thread(getattr(self._envs[i], name), *args)
         self._send(i, "call", (name, tuple(args)))
         return self._receive(i, self._step_timeout, f"calling {name}()")[1]
 
     def _call_all(self, name: str, args_list=None):
         args_list = args_list or [()] * self._num
         if self._parallel == "none":
-            return [getattr(env, name)(*args) for env, args in zip(self._envs, args_list)]
+            return [self._in_envs_thread(getattr(env, name), *args) for env, args in zip(self._envs, args_list)]
         for i, args in enumerate(args_list):
             self._send(i, "call", (name, tuple(args)))
         failed: dict[int, str] = {}

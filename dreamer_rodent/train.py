@@ -12,6 +12,7 @@ anything is written, so a bad command leaves an existing run untouched.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import multiprocessing
@@ -32,6 +33,7 @@ import numpy as np
 from dreamer_rodent import checkpoint as ckpt
 from dreamer_rodent import cli_help, distributed, gl_backend
 from dreamer_rodent.alarm import ExploitationAlarm, real_reward_gap
+from dreamer_rodent.collector import Collector
 from dreamer_rodent.config import Config, ConfigError, parse_args, with_cpu_preset, with_defaults
 from dreamer_rodent.driver import Driver, Recent, agent_obs
 from dreamer_rodent.logger import Averages, Logger, Phase, Progress
@@ -69,6 +71,7 @@ def check_config(config: Config) -> None:
         ("run.log_every", config.run.log_every > 0, "> 0 seconds"),
         ("run.keep_checkpoints", config.run.keep_checkpoints >= 1, ">= 1"),
         ("run.max_nonfinite", config.run.max_nonfinite >= 1, ">= 1"),
+        ("run.collect_ahead", config.run.collect_ahead >= 0, ">= 0 (0: collect and train in turn)"),
         ("batch_size", config.batch_size >= 1, ">= 1"),
         ("batch_length", config.batch_length >= 2, ">= 2"),
         ("replay.chunk", config.replay.chunk >= 1, ">= 1"),
@@ -366,7 +369,9 @@ class StopSignals:
 def make_envs(config: Config):
     from dreamer_rodent.parallel import BatchEnv
 
-    return BatchEnv(config)
+    # With run.collect_ahead a collector thread steps in-process envs: they get a thread of their own, so that
+    # every call reaches them (and their EGL context) on the same one.
+    return BatchEnv(config, own_thread=int(config.run.collect_ahead) > 0)
 
 
 def make_agent(obs_space, act_space, config: Config, mesh):
@@ -646,6 +651,37 @@ class Trainer:
             return first_compiled("train", compiling_train, lambda: self.agent.train(carry, batch, **kwargs),
                                   done="First update")
 
+        def step_envs(policy_fn):
+            """One env step of every env: the transition (obs t, action t, and with replay.context the policy's
+            latent after seeing obs t) and the episodes that finished."""
+            transition, finished = self.driver.step(policy_fn)
+            transition = agent_obs(transition)
+            if self.context:  # the policy's latent after seeing this step (blank during the random prefill)
+                acting = collector is not None or self.counters["env_steps"] >= self.counters["train_start"]
+                transition.update(self.agent.latent_record(pcarry) if acting else
+                                  self.agent.latent_record(size=len(self.envs)))
+            return transition, finished
+
+        # run.collect_ahead: once the policy and the train step are compiled, a thread steps the envs (with a
+        # parameter snapshot refreshed after each round of updates) while this one trains; see collector.py.
+        ahead = int(config.run.collect_ahead)
+        collector: Collector | None = None
+        acting_params = {"params": None}
+
+        def collected_policy(obs):  # on the collector thread
+            nonlocal pcarry
+            pcarry, act = self.agent.policy(pcarry, agent_obs(obs), mode="train", params=acting_params["params"])
+            return {"action": np.asarray(act["action"])}
+
+        def stop_collector():
+            nonlocal collector
+            if collector is not None:
+                collector.close()
+                collector = None
+
+        def envs_borrowed():
+            return collector.paused() if collector is not None else contextlib.nullcontext()
+
         if self.counters["env_steps"] < self.counters["train_start"]:
             progress.write(f"Collecting {self.counters['train_start'] - self.counters['env_steps']:,} random-action "
                            f"prefill steps (run.prefill) before the first update.")
@@ -653,12 +689,13 @@ class Trainer:
         try:
             while self.counters["env_steps"] < total:
                 start = time.monotonic()
-                transition, finished = self.driver.step(policy)
-                transition = agent_obs(transition)
-                if self.context:  # the policy's latent after seeing this step (blank during the random prefill)
-                    acting = self.counters["env_steps"] >= self.counters["train_start"]
-                    transition.update(self.agent.latent_record(pcarry) if acting else
-                                      self.agent.latent_record(size=len(self.envs)))
+                if collector is None and ahead > 0 and {"policy", "train"} <= compiled:
+                    acting_params["params"] = self.agent.policy_params()
+                    collector = Collector(lambda: step_envs(collected_policy), ahead)
+                if collector is not None:
+                    transition, finished = collector.next()
+                else:
+                    transition, finished = step_envs(policy)
                 self.replay.add_batch(transition, streams)
                 self.counters["env_steps"] += len(self.envs)
                 policy_time += time.monotonic() - start
@@ -679,6 +716,7 @@ class Trainer:
                 if steps >= self.counters["train_start"] and self.replay.can_sample():
                     target = (steps - self.counters["train_start"]) * ratio / per_train
                     start = time.monotonic()
+                    round_start = self.counters["train_steps"]
                     while self.counters["train_steps"] < target:
                         batch = self.replay.sample(self.batch_size)
                         if self.context:
@@ -696,7 +734,8 @@ class Trainer:
                             averages.add(metrics, prefix="train/")
                         else:
                             # The agent applies every update, so undo it: back to the last good snapshot.
-                            self.agent.load(self._good)
+                            with envs_borrowed():  # the collector's policy splits the agent's action-noise key
+                                self.agent.load(self._good)
                             self.counters["nonfinite"] += 1
                             averages.add({"train/nonfinite_skipped": 1.0})
                             progress.write(
@@ -706,6 +745,8 @@ class Trainer:
                             if self.counters["nonfinite"] >= int(config.run.max_nonfinite):
                                 reason = "nonfinite"
                                 break
+                    if collector is not None and self.counters["train_steps"] > round_start:
+                        acting_params["params"] = self.agent.policy_params()  # the next steps act with these
                     train_time += time.monotonic() - start
                     if reason == "nonfinite":
                         break
@@ -727,19 +768,23 @@ class Trainer:
                 if log_due:
                     if self.counters["nonfinite"] == 0:
                         self._good = self.agent.save()  # what a non-finite update rolls back to
-                    self._curriculum_states()  # also what a restarted env worker gets back
+                    with envs_borrowed():
+                        self._curriculum_states()  # also what a restarted env worker gets back
                     self._log(averages, policy_steps, policy_time, train_steps * per_train, train_time)
                     policy_time = train_time = 0.0
                     policy_steps = train_steps = 0
                     timers["log"] = now
                 if video_due:
-                    self._videos()
+                    with envs_borrowed():
+                        self._videos()
                     timers["video"] = now
                 if save_due:
-                    self.save()
+                    with envs_borrowed():
+                        self.save()
                     timers["save"] = time.monotonic()
                 progress.update(steps, policy_fps=policy_fps,
                                 ret=recent.mean("score") or 0.0, success=recent.mean("success") or 0.0)
+            stop_collector()  # the envs are idle from here on: the checkpoint reads their curriculum states
             self._log(averages, policy_steps, policy_time, train_steps * per_train, train_time)
             if reason == "nonfinite":
                 # The bad updates were undone, so the agent holds the last good parameters.
@@ -756,6 +801,7 @@ class Trainer:
         except RunError:
             raise
         except Exception as error:
+            stop_collector()
             if ckpt.disk_full(error):  # saving again would fail the same way: one clear line instead
                 progress.close()
                 if isinstance(error, ckpt.DiskFullError):
@@ -772,6 +818,7 @@ class Trainer:
                 self.say(f"Could not save a checkpoint after {type(error).__name__}: {save_error}")
             raise
         finally:
+            stop_collector()
             progress.close()
 
     def agent_size(self) -> str:
@@ -849,6 +896,11 @@ def train(argv: Sequence[str]) -> str:
     # optax's own deprecation notices fire on every trace and bury the run's output.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"optax")
     hosts = distributed.setup(config)
+    if hosts and hosts.num_processes > 1 and int(config.run.collect_ahead) > 0:
+        # The policy is a computation over every host's devices; a collector thread would issue it in an order
+        # the other hosts do not share.
+        raise ConfigError(f"run.collect_ahead={config.run.collect_ahead} is for one process; this run has "
+                          f"{hosts.num_processes} (jax.distributed): drop --run.collect_ahead.")
     mesh = distributed.make_mesh(config)  # also checks batch_size against the devices
     import jax
 

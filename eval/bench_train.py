@@ -1,14 +1,20 @@
 """End-to-end training throughput: env steps/s and replayed steps/s of the real loop.
 
     python eval/bench_train.py [--task rodent_goto] [--presets debug size1m] [--warmup 128] [--steps 384]
-                               [--envs 2] [--prefill 64] [-- --key value ...]
+                               [--envs 2] [--prefill 64] [--rounds 1] [-- --key value ...]
 
-For each model preset it builds the training loop exactly as `dreamer_rodent.train`
-does (worker processes, batched policy, replay, agent updates at the preset's
-train ratio), runs `--warmup` env steps so that compilation and the prefill are
-out of the way, then times `--steps` more env steps. Reported: end-to-end env
-steps/s and replayed steps/s (batch_size x batch_length per update) over that
-window, the policy-only and train-only rates the loop logs, and the load average.
+For each row it builds the training loop exactly as `dreamer_rodent.train`
+does (env workers or in-process envs, batched policy, replay, agent updates at
+the preset's train ratio), runs `--warmup` env steps so that compilation and the
+prefill are out of the way, then times `--steps` more env steps. Reported:
+end-to-end env steps/s and replayed steps/s (batch_size x batch_length per
+update) over that window, the policy-only and train-only rates the loop logs,
+and the load average.
+
+A row is presets joined by '+' with optional ':key=value' config settings, e.g.
+`cpu_small+proprio_only:run.collect_ahead=16` (the rat's CPU command with the
+collector thread). `--envs 0` keeps the presets' run.envs. `--rounds N` repeats
+the rows in turn, so that a change in the machine's load hits every row alike.
 """
 
 from __future__ import annotations
@@ -27,11 +33,23 @@ from dreamer_rodent import distributed  # noqa: E402
 from dreamer_rodent.config import parse_args  # noqa: E402
 
 
+def row_args(row: str) -> list[str]:
+    """'a+b:key=value:...' -> ['--configs', 'a', 'b', '--key', 'value', ...]."""
+    presets, *settings = row.split(":")
+    argv = ["--configs", *presets.split("+")]
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise ValueError(f"row '{row}': '{setting}' is not key=value")
+        argv += [f"--{key}", value]
+    return argv
+
+
 def bench(task: str, preset: str, warmup: int, steps: int, envs: int, prefill: int, extra: list[str]) -> dict:
     from dreamer_rodent.train import Trainer, check_config
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as logdir:
-        argv = ["--task", task, "--configs", preset, "--logdir", logdir, "--run.envs", str(envs),
+        argv = ["--task", task, *row_args(preset), "--logdir", logdir, *(["--run.envs", str(envs)] if envs else []),
                 "--run.prefill", str(prefill), "--run.steps", str(warmup), "--run.progress", "false",
                 "--run.save_every", "1e9", "--run.video_every", "1e9", "--run.log_every", "1e9", *extra]
         config, _ = parse_args(argv)
@@ -53,7 +71,7 @@ def bench(task: str, preset: str, warmup: int, steps: int, envs: int, prefill: i
             last = [x for x in logged if "fps/policy" in x][-1]
             per_update = int(config.batch_size) * int(config.batch_length)
             return {
-                "task": task, "preset": preset, "params": trainer.agent.param_count(), "envs": envs,
+                "task": task, "preset": preset, "params": trainer.agent.param_count(), "envs": int(config.run.envs),
                 "batch": f"{config.batch_size}x{config.batch_length}", "train_ratio": float(config.run.train_ratio),
                 "build_s": round(built, 1), "warmup_s": round(warm, 1), "window_env_steps": env1 - env0,
                 "window_s": round(seconds, 1),
@@ -76,7 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--presets", nargs="+", default=["debug", "size1m"])
     parser.add_argument("--warmup", type=int, default=128, help="env steps before timing (prefill + compile)")
     parser.add_argument("--steps", type=int, default=384, help="env steps timed")
-    parser.add_argument("--envs", type=int, default=2)
+    parser.add_argument("--envs", type=int, default=2, help="env workers (0: the presets' run.envs)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the rows in turn this many times")
     parser.add_argument("--prefill", type=int, default=64)
     parser.add_argument("--json", default="", help="also write the rows to this file")
     args = parser.parse_args(argv)
@@ -85,7 +104,16 @@ def main(argv=None) -> int:
     import jax
 
     load_before = os.getloadavg()
-    rows = [bench(args.task, p, args.warmup, args.steps, args.envs, args.prefill, extra) for p in args.presets]
+    from dreamer_rodent.train import check_config
+
+    for preset in args.presets:
+        try:
+            check_config(parse_args(["--task", args.task, *row_args(preset), *extra])[0])
+        except Exception as error:  # noqa: BLE001 - one line for a bad row, before anything is measured
+            print(f"error: row '{preset}': {error}", file=sys.stderr)
+            return 2
+    rows = [bench(args.task, p, args.warmup, args.steps, args.envs, args.prefill, extra)
+            for _ in range(args.rounds) for p in args.presets]
     load_after = os.getloadavg()
     device = jax.devices()[0]
     print(f"device: {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores; "

@@ -253,26 +253,34 @@ class Agent:
         self._train = jax.jit(self._train_step, donate_argnums=(0, 1))
         self._policy = jax.jit(self._policy_step, static_argnames=("sample", "record"))
         self._report = jax.jit(self._report_step)
+        self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
     # ------------------------------------------------------------------ public API
 
     def init_policy(self, batch_size: int):
         return self._zero_carry(batch_size)
 
-    def policy(self, carry, obs, mode: str = "train", record: bool = False):
+    def policy(self, carry, obs, mode: str = "train", record: bool = False, params=None):
         """One action per batch row. `record=True` also returns the agent's internals for that step under
         "internals" (`internal_names`: the RSSM state, each encoder branch, the actor's mean and std, the critic's
-        value, the predicted reward and continue), computed by the same function, so the action is the same."""
+        value, the predicted reward and continue), computed by the same function, so the action is the same.
+        `params` (from `policy_params`) acts with that snapshot instead of the live parameters, which an update
+        on another thread may be consuming (the train step donates them)."""
         if mode not in ("train", "eval"):
             raise ValueError(f"policy mode is '{mode}': use 'train' (sample actions) or 'eval' (take the mode).")
         obs = self._select(obs, self.keys + ["is_first"], "policy obs")
         self._policy_key, key = jax.random.split(self._policy_key)
-        carry, action, internals = self._policy(self._state["params"], carry, obs, key, sample=(mode == "train"),
-                                                record=record)
+        params = self._state["params"] if params is None else params
+        carry, action, internals = self._policy(params, carry, obs, key, sample=(mode == "train"), record=record)
         out = {"action": np.asarray(action, np.float32)}
         if record:
             out["internals"] = {k: np.asarray(v) for k, v in jax.device_get(internals).items()}
         return carry, out
+
+    def policy_params(self):
+        """A copy of the current parameters for `policy(..., params=)`: its own buffers, which no later update
+        donates, so a thread can act with it while the learner trains."""
+        return self._copy(self._state["params"])
 
     def init_train(self, batch_size: int):
         return self._put(self._zero_carry(batch_size), self._sharded, batch_size)
