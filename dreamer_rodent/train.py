@@ -895,12 +895,13 @@ def train(argv: Sequence[str]) -> str:
         print(f"warning: {note}", file=sys.stderr, flush=True)
     # optax's own deprecation notices fire on every trace and bury the run's output.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"optax")
-    hosts = distributed.setup(config)
-    if hosts and hosts.num_processes > 1 and int(config.run.collect_ahead) > 0:
+    several = distributed.multihost_settings(config)
+    if several is not None and int(config.run.collect_ahead) > 0:
         # The policy is a computation over every host's devices; a collector thread would issue it in an order
         # the other hosts do not share.
         raise ConfigError(f"run.collect_ahead={config.run.collect_ahead} is for one process; this run has "
-                          f"{hosts.num_processes} (jax.distributed): drop --run.collect_ahead.")
+                          f"{several.num_processes} (jax.distributed): drop --run.collect_ahead.")
+    hosts = distributed.setup(config)
     mesh = distributed.make_mesh(config)  # also checks batch_size against the devices
     import jax
 

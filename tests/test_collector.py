@@ -208,6 +208,14 @@ def test_a_negative_collect_ahead_is_a_config_error(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_the_collector_with_several_hosts_is_refused_before_joining_them(tmp_path, capsys):
+    # No coordinator listens at h:1: joining would hang, so the error must come first.
+    assert main([*FAST, "--logdir", str(tmp_path / "hosts"), "--run.collect_ahead", "4", "--jax.num_processes", "2",
+                 "--jax.process_id", "0", "--jax.coordinator", "h:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run.collect_ahead=4 is for one process; this run has 2") and err.count("\n") == 1
+
+
 class _ThreadRecordingEnv:
     """Records the thread of every call made on it."""
 
