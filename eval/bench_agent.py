@@ -6,6 +6,14 @@ machine; prints a ready markdown table with the load average.
     python eval/bench_agent.py                       # the RESULTS.md table
     python eval/bench_agent.py --rows size1m:float32:proprio --seconds 20
     python eval/bench_agent.py --rows size12m:bfloat16:image --flops --peak-tflops 989 --isolate --json out.json
+    python eval/bench_agent.py --rows size1m:float32:walker size1m:float32:walker_image --upstream DIR --rounds 2
+
+`--upstream DIR` (a checkout of danijar/dreamerv3 whose own venv is DIR/.venv,
+e.g. `python3 -m venv DIR/.venv && DIR/.venv/bin/pip install "jax[cpu]==0.4.33"
+chex einops elements granular jaxtyping ninjax "numpy<2" optax==0.2.3 portal
+scope tqdm ruamel.yaml`) times upstream's train step (eval/upstream_step.py, in
+that venv) right after each of our rows, on the same walker-sized inputs and
+model preset, and prints ours over upstream's replayed steps per second.
 
 `--flops` adds the train step's FLOPs from XLA's cost analysis and the achieved
 TFLOP/s (model FLOPs utilisation against `--peak-tflops`, the chip's dense peak
@@ -36,6 +44,7 @@ from dreamer_rodent.agent import Agent, count_params  # noqa: E402
 from dreamer_rodent.config import build_config  # noqa: E402
 from dreamer_rodent.spaces import Space  # noqa: E402
 
+WALKER_KINDS = ("walker", "walker_image")
 DEFAULT_ROWS = [
     "debug:float32:proprio", "debug:float32:image", "debug:bfloat16:proprio",
     "size1m:float32:proprio", "size1m:bfloat16:proprio", "size1m:float32:image", "size1m:bfloat16:image",
@@ -44,7 +53,15 @@ DEFAULT_ROWS = [
 
 
 def spaces(kind: str, image_size: int):
-    """A rodent-like obs space: vestibular 12, proprio 100, target 3 (+ an egocentric image); action 38."""
+    """A rodent-like obs space: vestibular 12, proprio 100, target 3 (+ an egocentric image); action 38.
+    `walker` / `walker_image`: dm_control walker's 24 numbers (+ a 64x64 image) and 6 actions, the inputs of
+    the side-by-side with upstream DreamerV3 (eval/upstream_step.py), so that the two models match in size."""
+    if kind in WALKER_KINDS:
+        obs = {"proprio": Space((24,), np.float32), "reward": Space((), np.float32), "is_first": Space((), bool),
+               "is_last": Space((), bool), "is_terminal": Space((), bool)}
+        if kind == "walker_image":
+            obs["image"] = Space((image_size, image_size, 3), np.uint8)
+        return obs, {"action": Space((6,), np.float32, -1.0, 1.0)}
     obs = {
         "vestibular": Space((12,), np.float32), "proprio": Space((100,), np.float32), "target": Space((3,), np.float32),
         "reward": Space((), np.float32), "is_first": Space((), bool), "is_last": Space((), bool),
@@ -53,7 +70,7 @@ def spaces(kind: str, image_size: int):
     if kind == "image":
         obs["image"] = Space((image_size, image_size, 3), np.uint8)
     elif kind != "proprio":
-        raise ValueError(f"obs kind '{kind}': use proprio or image.")
+        raise ValueError(f"obs kind '{kind}': use proprio, image, walker or walker_image.")
     return obs, {"action": Space((38,), np.float32, -1.0, 1.0)}
 
 
@@ -178,9 +195,16 @@ def main(argv=None) -> int:
     parser.add_argument("--isolate", action="store_true", help="one process per row (its own peak RSS)")
     parser.add_argument("--json", default="", help="also write the rows to this file")
     parser.add_argument("--platform", default="auto", help="jax.platform for the rows: auto | cpu | gpu")
+    parser.add_argument("--upstream", default="", metavar="DIR",
+                        help="a checkout of danijar/dreamerv3 with its own venv in DIR/.venv: each row (obs walker "
+                             "or walker_image) runs in its own process, then upstream's train step at the same "
+                             "preset, in turn, and the ratio is printed")
+    parser.add_argument("--rounds", type=int, default=1, help="with --upstream: repeat the interleaved pairs")
     args = parser.parse_args(argv)
     for row in args.rows:  # every row's syntax and keys before the first is measured
         parse_row(row)
+    if args.upstream:
+        return side_by_side(args)
     if args.platform != "auto":
         jax.config.update("jax_platforms", args.platform)
     cache = os.path.expanduser(str(build_config([]).jax.cache_dir or ""))
@@ -219,7 +243,46 @@ def measure(row: str, args) -> dict:
     return r
 
 
-def isolated(args) -> list[dict]:
+def side_by_side(args) -> int:
+    """Ours and upstream's train step in turn, each in its own process, `--rounds` times: the load hits both alike."""
+    root = pathlib.Path(args.upstream)
+    python = root / ".venv" / "bin" / "python"
+    if not (root / "dreamerv3" / "agent.py").is_file() or not python.is_file():
+        fail(f"--upstream {root}: expected a checkout of danijar/dreamerv3 with dreamerv3/agent.py and its own venv "
+             f"at {python} (jax 0.4.33 and upstream's requirements).")
+    for row in args.rows:
+        preset, dtype, kind, _, _ = parse_row(row)
+        if kind not in WALKER_KINDS or dtype != "float32":
+            fail(f"row '{row}': the side-by-side takes float32 rows with obs walker or walker_image (the inputs "
+                 f"upstream gets), e.g. size1m:float32:walker")
+    import tempfile
+
+    script = pathlib.Path(__file__).resolve().parent / "upstream_step.py"
+    pairs = []
+    print("| row | round | ours: params | ours: replayed steps/s | upstream: params | upstream: replayed steps/s | "
+          "ratio | load (1 min) |\n|---|---|---|---|---|---|---|---|", flush=True)
+    for round_ in range(1, args.rounds + 1):
+        for row in args.rows:
+            preset, _, kind, _, _ = parse_row(row)
+            ours = isolated(argparse.Namespace(**{**vars(args), "rows": [row]}), quiet=True)[0]
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                argv = [str(python), str(script), "--dir", str(root), "--preset", preset, "--obs", kind,
+                        "--batch", str(args.batch), "--length", str(args.length), "--seconds", str(args.seconds),
+                        "--json", out.name]
+                if subprocess.run(argv, stdout=subprocess.DEVNULL).returncode != 0:
+                    fail(f"upstream's row '{row}' failed (its output is above).")
+                up = json.loads(pathlib.Path(out.name).read_text())
+            pairs.append({"row": row, "round": round_, "ours": ours, "upstream": up,
+                          "ratio": ours["train_sps"] / up["train_sps"]})
+            print(f"| {row} | {round_} | {ours['params'] / 1e6:.3f}M | {ours['train_sps']:,.0f} | "
+                  f"{up['params'] / 1e6:.3f}M | {up['train_sps']:,.0f} | {pairs[-1]['ratio']:.2f} | "
+                  f"{ours['load'][0]:.2f} / {up['load'][0]:.2f} |", flush=True)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"pairs": pairs}, indent=1) + "\n")
+    return 0
+
+
+def isolated(args, quiet: bool = False) -> list[dict]:
     """Each row in a child process of this script: its peak RSS is that row's alone."""
     import tempfile
 
@@ -233,7 +296,8 @@ def isolated(args) -> list[dict]:
             if subprocess.run(argv, stdout=subprocess.DEVNULL).returncode != 0:
                 fail(f"row '{row}' failed in its own process (its output is above); the rows before it are printed.")
             rows += json.loads(pathlib.Path(out.name).read_text())["rows"]
-        print(table(rows[-1:], args.peak_tflops)[-1], flush=True)
+        if not quiet:
+            print(table(rows[-1:], args.peak_tflops)[-1], flush=True)
     return rows
 
 
