@@ -88,9 +88,13 @@ class Logger:
             return
         self._jsonl = open(self.logdir / "metrics.jsonl", "a")
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            try:
+                from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.logdir), flush_secs=30)
+                self._writer = SummaryWriter(str(self.logdir), flush_secs=30)
+            except BaseException:  # no half-made logger: the caller never gets it to close
+                self._jsonl.close()
+                raise
             _quiet_when_disk_full(self._writer)
 
     def scalars(self, step: int, metrics: Mapping[str, float]) -> None:
