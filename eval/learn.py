@@ -58,7 +58,9 @@ return plot and the summary, one curve per method.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import json
 import math
 import os
@@ -208,6 +210,18 @@ def check_baseline_levels(train_argv: list[str], levels: Sequence[int]) -> None:
     if wrong:
         raise SystemExit(f"error: --baseline-levels {' '.join(map(str, wrong))}: the config has {count} curriculum "
                          f"levels (0-{count - 1}, target distances {list(config.task_kwargs.curriculum_levels)} m).")
+
+
+@contextlib.contextmanager
+def baseline_lock(path: pathlib.Path):
+    """An exclusive lock on `path` (flock) while a random baseline is measured or checked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def random_baseline(train_argv: list[str], out_dir: pathlib.Path, episodes: int, level: int | None = None) -> list[dict]:
@@ -854,10 +868,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"seed {seed}: training exited with {code}", flush=True)
         for level in dict.fromkeys(args.baseline_levels) if args.baseline_episodes > 0 else ():
             name = baseline_name(level)
-            if not (out / name / DONE).exists():
-                print(f"random policy at level {level}: {args.baseline_episodes} episodes", flush=True)
-                random_baseline(train_argv + ["--seed", str(args.seeds[0])], out / name, args.baseline_episodes,
-                                level)
+            # Seeds launched as separate processes (one core each) share OUT: the first to get here measures
+            # the baseline, the others wait for it and then find it done.
+            with baseline_lock(out / f"{name}.lock"):
+                if not (out / name / DONE).exists():
+                    print(f"random policy at level {level}: {args.baseline_episodes} episodes", flush=True)
+                    random_baseline(train_argv + ["--seed", str(args.seeds[0])], out / name,
+                                    args.baseline_episodes, level)
 
     runs, dones = load_runs(out, args.seeds)
     baselines = load_baselines(out)

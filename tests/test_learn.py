@@ -332,6 +332,30 @@ def test_baseline_levels_measure_the_random_policy_at_each_level(learn, tmp_path
         assert [r["level"] for r in csv.DictReader(f)] == ["0", "0", "1", "2"]
 
 
+def test_seeds_launched_as_separate_processes_measure_the_shared_baseline_once(learn, tmp_path):
+    """Two learn.py processes (one seed each, one core each) into one OUT: one measures the random baseline, the
+    other waits for it and finds it done (both used to roll it out into the same files at once)."""
+    import subprocess
+    import sys
+
+    for seed, successes in (("0", [0, 1]), ("1", [1, 1])):
+        run = tmp_path / f"seed{seed}"  # finished seeds, so that only the baseline runs
+        run.mkdir()
+        (run / learn.EPISODES).write_text("".join(json.dumps(e) + "\n" for e in episodes(successes)))
+        (run / learn.DONE).write_text(json.dumps({"env_steps": 200, "wall_s": 2.0}))
+    flags = ["--configs", "debug", "proprio_only", "--env.time_limit", "0.2", "--run.envs", "1",
+             "--run.env_parallel", "none"]
+    script = pathlib.Path(learn.__file__)
+    procs = [subprocess.Popen([sys.executable, str(script), "--task", "ball_goto", "--steps", "200", "--seeds", seed,
+                               "--out", str(tmp_path), "--window", "2", "--baseline-episodes", "3", "--", *flags],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=script.parent.parent)
+             for seed in ("0", "1")]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sum("random policy at level 0: 3 episodes" in out for out in outputs) == 1, outputs
+    assert len(learn.read_episodes(tmp_path / "random" / learn.EPISODES)) == 3
+
+
 def test_a_baseline_level_the_config_lacks_is_an_error_before_training(learn, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match=r"error: --baseline-levels 5: the config has 5 curriculum levels \(0-4"):
