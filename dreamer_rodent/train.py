@@ -76,12 +76,16 @@ def check_config(config: Config) -> None:
         ("batch_length", config.batch_length >= 2, ">= 2"),
         ("replay.chunk", config.replay.chunk >= 1, ">= 1"),
         ("replay.capacity", config.replay.capacity >= config.batch_length, ">= batch_length"),
-        ("agent.imag_last", config.agent.imag_last == 0 or config.agent.imag_last >= 2,
-         "0 (imagine from every replayed state) or >= 2 (the last K of each row)"),
     ] + [(f"agent.rec_scales.{branch}", scale >= 0, ">= 0") for branch, scale in config.agent.rec_scales.items()]
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"config key '{key}' must be {rule}, got {config[key]!r}.")
+    from dreamer_rodent.agent.agent import check_agent_config
+
+    try:
+        check_agent_config(config)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if config.agent.get("train_carry", False):
         raise ConfigError(
             "agent.train_carry=True carries each batch row's last latent state into the next batch, which is only "

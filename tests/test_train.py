@@ -367,6 +367,19 @@ def test_image_size_that_the_cnn_cannot_halve_is_a_config_error(tmp_path, capsys
     assert not rundir.exists()
 
 
+@pytest.mark.parametrize("flags,words", [
+    (["--agent.actor_grad", "foo"], "agent.actor_grad is 'foo': use one of backprop, reinforce."),
+    (["--agent.imag_last", "1"], "agent.imag_last is 1: use 0"),
+    (["--agent.rssm.deter", "31"], "agent.rssm.deter (31) must divide by agent.rssm.blocks (2)."),
+])
+def test_agent_settings_no_obs_space_can_fix_are_error_lines_before_anything_starts(tmp_path, capsys, flags, words):
+    rundir = tmp_path / "run"
+    assert main([*FAST, "--logdir", str(rundir), *flags]) == 2  # was a traceback from inside the agent, exit 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1
+    assert not rundir.exists()
+
+
 def test_image_size_beyond_the_framebuffer_is_a_config_error(tmp_path, capsys):
     rundir = tmp_path / "run"
     assert main([*FAST, "--logdir", str(rundir), "--env.image_size", "4096"]) == 2

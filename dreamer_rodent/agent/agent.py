@@ -93,8 +93,23 @@ def compute_dtype(config):
     return jnp.float32 if name == "float32" else jnp.bfloat16
 
 
+def check_agent_config(config) -> None:
+    """Agent settings that no obs space can make right, as a ValueError naming the key and the fix (the training
+    command checks them before it starts anything and prints the message as its error line)."""
+    ac = config.agent
+    if ac.imag_last == 1 or ac.imag_last < 0:
+        raise ValueError(f"agent.imag_last is {ac.imag_last}: use 0 (imagine from every replayed state) or "
+                         f"K >= 2 (the last K of each row; the replay value loss needs two).")
+    if ac.actor_grad not in ACTOR_GRADS:
+        raise ValueError(f"agent.actor_grad is '{ac.actor_grad}': use one of {', '.join(ACTOR_GRADS)}.")
+    r = ac.rssm
+    if r.blocks < 1 or r.deter % r.blocks:
+        raise ValueError(f"agent.rssm.deter ({r.deter}) must divide by agent.rssm.blocks ({r.blocks}).")
+
+
 def build_spec(obs_space: Mapping[str, Any], act_space: Mapping[str, Any], config) -> dict:
     """Decides which obs key goes to which encoder branch and fixes every layer size."""
+    check_agent_config(config)
     ac = config.agent
     if "action" not in act_space:
         raise ValueError(f"act_space has no 'action' key (keys: {sorted(act_space)}); the agent acts through 'action'.")
@@ -124,8 +139,6 @@ def build_spec(obs_space: Mapping[str, Any], act_space: Mapping[str, Any], confi
             f"proprio_keys={list(ac.proprio_keys)}, task_keys={list(ac.task_keys)}; set agent.*_keys to match."
         )
     r = ac.rssm
-    if r.deter % r.blocks:
-        raise ValueError(f"agent.rssm.deter ({r.deter}) must divide by agent.rssm.blocks ({r.blocks}).")
     return dict(
         image=image, groups=groups, act_dim=int(act.shape[0]), deter=r.deter, hidden=r.hidden, stoch=r.stoch,
         classes=r.classes, blocks=r.blocks, dynlayers=r.dynlayers, imglayers=r.imglayers, obslayers=r.obslayers,
@@ -212,11 +225,6 @@ class Agent:
                                    if k not in self.keys and k not in BOOKKEEPING_KEYS and not k.startswith("log/"))
         self.bins = dists.bins(self.ac.bins)
         self.discount = 1.0 - 1.0 / self.ac.horizon
-        if self.ac.imag_last == 1 or self.ac.imag_last < 0:
-            raise ValueError(f"agent.imag_last is {self.ac.imag_last}: use 0 (imagine from every replayed state) or "
-                             f"K >= 2 (the last K of each row; the replay value loss needs two).")
-        if self.ac.actor_grad not in ACTOR_GRADS:
-            raise ValueError(f"agent.actor_grad is '{self.ac.actor_grad}': use one of {', '.join(ACTOR_GRADS)}.")
         groups = {label: dict(lr=o.lr, agc=o.agc, eps=o.eps, beta1=o.beta1, beta2=o.beta2, warmup=o.warmup)
                   for label, o in (("model", self.ac.opt), ("ac", self.ac.ac_opt))}
         self.opt, self.schedules = make_partitioned(groups, optimizer_group)
