@@ -13,6 +13,7 @@ Layout under a run directory:
         MANIFEST.json             bytes and sha256 of every file above; written last
       replay/
         chunk_s0000_000000001024.npz   full replay chunks, shared by checkpoints
+      best/                       with run.eval_every: the best-evaluated agent (no replay), never pruned
 
 A checkpoint is written into `ckpt_X.tmp<pid>/` and renamed when complete, so a
 crash mid-write leaves the previous checkpoint as the newest complete one. Nothing
@@ -40,6 +41,7 @@ CHECKPOINTS = "checkpoints"
 REPLAY_CHUNKS = "replay"
 MANIFEST = "MANIFEST.json"
 LATEST = "latest"
+BEST = "best"  # the best-evaluated checkpoint (run.eval_every), outside the rotation
 _NAME = re.compile(r"^ckpt_(\d+)$")
 
 # Config keys that decide array shapes: a checkpoint only fits a config that agrees on them.
@@ -205,6 +207,38 @@ class Checkpointer:
         _fsync_dir(tmp)
         os.rename(tmp, final)
         _fsync_dir(self.directory)
+
+    def save_best(self, step: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any],
+                  config: Config) -> pathlib.Path:
+        """Writes `checkpoints/best/` (agent, state, config, no replay), replacing the previous best whole.
+
+        Outside the `ckpt_*` rotation: never pruned, never resumed from. The new
+        one is complete before the old one goes; a crash in between leaves the
+        old one under `best.old.tmp<pid>`, which the next prune removes.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / BEST
+        staged = self.directory / f"{BEST}.new.tmp{os.getpid()}"
+        old = self.directory / f"{BEST}.old.tmp{os.getpid()}"
+        tmp = self.directory / f"{BEST}.tmp{os.getpid()}"
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        try:
+            self._write(tmp, staged, step, arrays, state, config, None)
+            if final.exists():
+                os.rename(final, old)
+            os.rename(staged, final)
+            _fsync_dir(self.directory)
+        except BaseException as error:
+            for path in (tmp, staged):
+                shutil.rmtree(path, ignore_errors=True)
+            if old.exists() and not final.exists():
+                os.rename(old, final)
+            if disk_full(error):
+                raise DiskFullError(disk_full_message(self.directory.parent, "the best checkpoint", final
+                                                      if final.exists() else None)) from None
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return final
 
     def prune(self) -> None:
         """Keeps the newest `keep` checkpoints and the replay chunks they use."""

@@ -34,9 +34,11 @@ from dreamer_rodent import checkpoint as ckpt
 from dreamer_rodent import cli_help, distributed, gl_backend
 from dreamer_rodent.alarm import ExploitationAlarm, real_reward_gap
 from dreamer_rodent.collector import Collector
+from dreamer_rodent.env import make_env
 from dreamer_rodent.config import Config, ConfigError, parse_args, with_cpu_preset, with_defaults
 from dreamer_rodent.driver import Driver, Recent, agent_obs
 from dreamer_rodent.logger import Averages, Logger, Phase, Progress
+from dreamer_rodent.periodic_eval import PeriodicEval, check_eval_config
 from dreamer_rodent.replay import Replay
 
 STATE_VERSION = 1
@@ -80,6 +82,7 @@ def check_config(config: Config) -> None:
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"config key '{key}' must be {rule}, got {config[key]!r}.")
+    check_eval_config(config)
     from dreamer_rodent.agent.agent import check_agent_config
 
     try:
@@ -473,6 +476,8 @@ class Trainer:
         self.logger = None
         self._curriculum: list = []
         self.alarm = ExploitationAlarm(say)
+        # run.eval_every: the deterministic policy on fixed episodes, the best checkpoint kept (periodic_eval.py).
+        self.evaluator = PeriodicEval(config, make_env) if float(config.run.eval_every) > 0 else None
         self._saved_step = -1  # env step of this process's last checkpoint
         try:
             where = "in this process" if config.run.env_parallel == "none" else "one worker process each"
@@ -516,6 +521,7 @@ class Trainer:
             "counters": dict(self.counters),
             "rng": {"driver": self.driver.rng.bit_generator.state},
             "curriculum": self._curriculum_states(),
+            "eval": self.evaluator.state_dict() if self.evaluator is not None else None,
             "obs_space": {k: v.to_dict() for k, v in self.obs_space.items()},
             "act_space": {k: v.to_dict() for k, v in self.act_space.items()},
             "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -571,6 +577,10 @@ class Trainer:
             self.envs.load_curriculum_states(curriculum)
             self._curriculum = curriculum
         loaded.load_replay(self.replay)
+        if self.evaluator is not None:
+            note = self.evaluator.load_state_dict(state.get("eval"))
+            if note:
+                self.say(f"Note: {note}")
         self.resumed = loaded
         self._saved_step = self.counters["env_steps"]
         self.say(
@@ -614,7 +624,8 @@ class Trainer:
         if hasattr(self.envs, "say"):
             self.envs.say = progress.write  # and so do those of a restarted env worker
         averages, recent = Averages(), Recent(20)
-        timers = {"log": time.monotonic(), "save": time.monotonic(), "video": time.monotonic()}
+        timers = {"log": time.monotonic(), "save": time.monotonic(), "video": time.monotonic(),
+                  "eval": time.monotonic()}
         policy_time = train_time = 0.0
         policy_steps = train_steps = 0
         self._good = self.agent.save()
@@ -758,11 +769,13 @@ class Trainer:
                 now = time.monotonic()
                 # On several hosts, process 0's timers and any host's signal decide for all, so that the
                 # collective calls below (report, train) stay in lockstep.
-                stop, log_due, video_due, save_due = distributed.agree([
+                stop, log_due, video_due, save_due, eval_due = distributed.agree([
                     stop_flag(),
                     now - timers["log"] >= float(config.run.log_every),
                     now - timers["video"] >= float(config.run.video_every) and self.replay.can_sample(),
                     now - timers["save"] >= float(config.run.save_every),
+                    self.evaluator is not None and "policy" in compiled
+                    and now - timers["eval"] >= float(config.run.eval_every),
                 ])
                 if stop:
                     reason = "signal"
@@ -782,6 +795,10 @@ class Trainer:
                     with envs_borrowed():
                         self._videos()
                     timers["video"] = now
+                if eval_due:
+                    with envs_borrowed():  # the collector's policy splits the same action-noise key
+                        self._evaluate(progress.write)
+                    timers["eval"] = time.monotonic()
                 if save_due:
                     with envs_borrowed():
                         self.save()
@@ -844,6 +861,21 @@ class Trainer:
         metrics["alarm/exploitation"] = self.alarm.update(self.counters["env_steps"], metrics)
         self.logger.scalars(self.counters["env_steps"], metrics)
 
+    def _evaluate(self, say) -> None:
+        """One evaluation of the deterministic policy; a better score than any before becomes checkpoints/best."""
+        result = self.evaluator.evaluate(self.agent)
+        step = self.counters["env_steps"]
+        best = self.evaluator.is_best(result)
+        if best:
+            self.evaluator.mark_best(result, step)
+            if self.process_index == 0:
+                self.saver.save_best(step, self.agent.save(), self.state(), self.config)
+        result.metrics["eval/best_score"] = self.evaluator.best if self.evaluator.best is not None else result.score
+        self.logger.scalars(step, result.metrics)
+        where = (f"new best, saved in {self.saver.directory / ckpt.BEST}" if best else
+                 f"best {self.evaluator.best:.2f} at env step {self.evaluator.best_step}")
+        say(f"{result.line}; {where}) at env step {step}.")
+
     def _videos(self) -> None:
         step = self.counters["env_steps"]
         video = self.driver.episodes.last_video
@@ -905,6 +937,12 @@ def train(argv: Sequence[str]) -> str:
         # the other hosts do not share.
         raise ConfigError(f"run.collect_ahead={config.run.collect_ahead} is for one process; this run has "
                           f"{several.num_processes} (jax.distributed): drop --run.collect_ahead.")
+    if several is not None and float(config.run.eval_every) > 0:
+        # The same: one host's evaluation episodes would call the policy, a computation over every host's devices,
+        # while the others do not.
+        raise ConfigError(f"run.eval_every={config.run.eval_every} is for one process; this run has "
+                          f"{several.num_processes} (jax.distributed): drop --run.eval_every and evaluate "
+                          "checkpoints with python -m dreamer_rodent.eval.")
     hosts = distributed.setup(config)
     mesh = distributed.make_mesh(config)  # also checks batch_size against the devices
     import jax
@@ -983,6 +1021,11 @@ def train(argv: Sequence[str]) -> str:
             print(f"Finished {steps} env steps ({updates} updates); checkpoint saved in {trainer.saver.latest()}.",
                   flush=True)
             print(f"Evaluate it with: python -m dreamer_rodent.eval --checkpoint {rundir}", flush=True)
+            evaluator = trainer.evaluator
+            if evaluator is not None and evaluator.best is not None:
+                print(f"The best evaluation (score {evaluator.best:.2f} at env step {evaluator.best_step}) is "
+                      f"{trainer.saver.directory / ckpt.BEST}: evaluate it on other episodes (eval --seed) before "
+                      "reporting it.", flush=True)
         return reason
     finally:
         if trainer is not None:
