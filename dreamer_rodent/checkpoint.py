@@ -42,6 +42,7 @@ REPLAY_CHUNKS = "replay"
 MANIFEST = "MANIFEST.json"
 LATEST = "latest"
 BEST = "best"  # the best-evaluated checkpoint (run.eval_every), outside the rotation
+BEST_PREVIOUS = "best.previous"  # the one it replaces, for the moment between two renames
 _NAME = re.compile(r"^ckpt_(\d+)$")
 
 # Config keys that decide array shapes: a checkpoint only fits a config that agrees on them.
@@ -213,35 +214,55 @@ class Checkpointer:
         """Writes `checkpoints/best/` (agent, state, config, no replay), replacing the previous best whole.
 
         Outside the `ckpt_*` rotation: never pruned, never resumed from. The new
-        one is complete before the old one goes; a crash in between leaves the
-        old one under `best.old.tmp<pid>`, which the next prune removes.
+        one is complete before the old one steps aside to `best.previous`; a crash
+        between the two renames leaves `best.previous`, which `recover_best` (run
+        by every prune and by `best_record`) puts back.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / BEST
+        self.recover_best()
+        final, previous = self.directory / BEST, self.directory / BEST_PREVIOUS
         staged = self.directory / f"{BEST}.new.tmp{os.getpid()}"
-        old = self.directory / f"{BEST}.old.tmp{os.getpid()}"
         tmp = self.directory / f"{BEST}.tmp{os.getpid()}"
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
         try:
             self._write(tmp, staged, step, arrays, state, config, None)
             if final.exists():
-                os.rename(final, old)
+                os.rename(final, previous)
             os.rename(staged, final)
             _fsync_dir(self.directory)
         except BaseException as error:
             for path in (tmp, staged):
                 shutil.rmtree(path, ignore_errors=True)
-            if old.exists() and not final.exists():
-                os.rename(old, final)
+            self.recover_best()
             if disk_full(error):
-                raise DiskFullError(disk_full_message(self.directory.parent, "the best checkpoint", final
-                                                      if final.exists() else None)) from None
+                complete = self.list()
+                raise DiskFullError(disk_full_message(self.directory.parent, "the best checkpoint",
+                                                      complete[-1] if complete else None)) from None
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
         return final
+
+    def recover_best(self) -> None:
+        """Puts `best.previous` back as `best` if a crash came between save_best's renames; else drops it."""
+        final, previous = self.directory / BEST, self.directory / BEST_PREVIOUS
+        if not previous.is_dir():
+            return
+        if not final.is_dir() and (previous / MANIFEST).exists():
+            os.rename(previous, final)
+        else:
+            shutil.rmtree(previous, ignore_errors=True)
+
+    def best_record(self) -> dict | None:
+        """The evaluation record (`eval` in its state.json) of `checkpoints/best`, or None without a readable one."""
+        self.recover_best()
+        try:
+            return json.loads((self.directory / BEST / "state.json").read_text()).get("eval")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def prune(self) -> None:
         """Keeps the newest `keep` checkpoints and the replay chunks they use."""
+        self.recover_best()
         complete = self.list()
         for path in complete[:-self.keep]:
             shutil.rmtree(path, ignore_errors=True)

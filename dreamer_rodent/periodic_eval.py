@@ -28,8 +28,12 @@ import numpy as np
 from dreamer_rodent.config import Config, ConfigError
 from dreamer_rodent.rollout import policy_obs, run_episodes
 
-# Env index of the evaluation env of level L: EVAL_INDEX + L (training envs use 0 .. run.envs - 1).
-EVAL_INDEX = 100_000
+
+
+def eval_env_index(config: Config, level: int | None) -> int:
+    """The env index (seed = seed * env.seed_stride + index) of the evaluation env of `level`: the last ones of this
+    seed's block, which training envs (0 .. run.envs - 1) reach only with about env.seed_stride envs."""
+    return int(config.env.seed_stride) - 1 - (level or 0)
 
 
 def curriculum_levels(config: Config) -> list[float]:
@@ -73,24 +77,26 @@ class PeriodicEval:
         self.config = config
         self.make_env = make_env  # make_env(config, index) -> Env (dreamer_rodent.env.make_env)
         self.episodes = int(config.run.eval_episodes)
-        self.levels: list[int | None] = [int(x) for x in config.run.eval_levels] if curriculum_levels(config) else [None]
+        self.asked = [int(x) for x in config.run.eval_levels]  # what the settings say (saved, compared on resume)
+        self.levels: list[int | None] = list(self.asked) if curriculum_levels(config) else [None]
         self.best: float | None = None
         self.best_return: float | None = None
         self.best_step: int | None = None
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_return": self.best_return, "best_step": self.best_step,
-                "levels": list(self.levels), "episodes": self.episodes}
+                "levels": list(self.asked), "episodes": self.episodes}
 
     def load_state_dict(self, state: dict | None) -> str | None:
-        """Restores the best so far; a note (and a fresh start) when the evaluation settings changed since."""
+        """Restores the best so far (the trainer passes checkpoints/best's own record, so the score always belongs
+        to the agent kept there); a note and a fresh start when the evaluation settings changed since."""
         state = state or {}
         if state.get("best") is None:
             return None
         settings = (list(state.get("levels") or []), state.get("episodes"))
-        if settings != (list(self.levels), self.episodes):
+        if settings != (list(self.asked), self.episodes):
             return (f"the evaluations so far ran {settings[1]} episodes at levels {settings[0]}, these run "
-                    f"{self.episodes} at {list(self.levels)}: their scores do not compare, so the best is chosen "
+                    f"{self.episodes} at {list(self.asked)}: their scores do not compare, so the best is chosen "
                     f"afresh (checkpoints/best is replaced by the next evaluation).")
         self.best = state.get("best")
         self.best_return = state.get("best_return")
@@ -103,17 +109,22 @@ class PeriodicEval:
             updates["task_kwargs.level"] = level  # pinned: no curriculum moves, no easy episodes
         return self.config.update(updates)
 
-    def evaluate(self, agent) -> EvalResult:
-        """Rolls out the deterministic policy; the score and the metrics to log (the best is not updated here)."""
+    def evaluate(self, agent, stop=lambda: False) -> EvalResult | None:
+        """Rolls out the deterministic policy; the score and the metrics to log (the best is not updated here).
+        None when `stop()` turned true between two episodes (a Ctrl-C does not wait for the rest)."""
         metrics: dict[str, float] = {}
         scores, returns_, parts, rolled = [], [], [], {}
         for level in list(self.levels):
-            env = self.make_env(self._env_config(level), EVAL_INDEX + (level or 0))
+            env = self.make_env(self._env_config(level), eval_env_index(self.config, level))
             if level is not None and "log/curriculum_level" not in env.obs_space:
                 self.levels = [None]  # a task without a curriculum (the suite tasks): once, as it is
                 level = None
+            episodes = []
             try:
-                episodes = run_episodes(env, _acting(agent), lambda: agent.init_policy(1), self.episodes)
+                for _ in range(self.episodes):  # one at a time, the same episodes as all at once
+                    if stop():
+                        return None
+                    episodes += run_episodes(env, _acting(agent), lambda: agent.init_policy(1), 1)
             finally:
                 env.close()
             rolled[level] = episodes

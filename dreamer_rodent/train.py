@@ -478,6 +478,7 @@ class Trainer:
         self.alarm = ExploitationAlarm(say)
         # run.eval_every: the deterministic policy on fixed episodes, the best checkpoint kept (periodic_eval.py).
         self.evaluator = PeriodicEval(config, make_env) if float(config.run.eval_every) > 0 else None
+        self._evaluated = False
         self._saved_step = -1  # env step of this process's last checkpoint
         try:
             where = "in this process" if config.run.env_parallel == "none" else "one worker process each"
@@ -578,7 +579,7 @@ class Trainer:
             self._curriculum = curriculum
         loaded.load_replay(self.replay)
         if self.evaluator is not None:
-            note = self.evaluator.load_state_dict(state.get("eval"))
+            note = self.evaluator.load_state_dict(self.saver.best_record())
             if note:
                 self.say(f"Note: {note}")
         self.resumed = loaded
@@ -797,7 +798,7 @@ class Trainer:
                     timers["video"] = now
                 if eval_due:
                     with envs_borrowed():  # the collector's policy splits the same action-noise key
-                        self._evaluate(progress.write)
+                        self._evaluate(progress.write, stop_flag)
                     timers["eval"] = time.monotonic()
                 if save_due:
                     with envs_borrowed():
@@ -861,15 +862,27 @@ class Trainer:
         metrics["alarm/exploitation"] = self.alarm.update(self.counters["env_steps"], metrics)
         self.logger.scalars(self.counters["env_steps"], metrics)
 
-    def _evaluate(self, say) -> None:
+    def _evaluate(self, say, stop_flag) -> None:
         """One evaluation of the deterministic policy; a better score than any before becomes checkpoints/best."""
-        result = self.evaluator.evaluate(self.agent)
+        if not self._evaluated:
+            levels, n = self.evaluator.levels, self.evaluator.episodes
+            say(f"Evaluating the deterministic policy every {self.config.run.eval_every} s: {n} episode"
+                f"{'s' if n != 1 else ''}{'' if levels == [None] else f' at level(s) {levels}'} (the first one also "
+                "compiles it).")
+            self._evaluated = True
+        result = self.evaluator.evaluate(self.agent, stop_flag)
+        if result is None:
+            return
         step = self.counters["env_steps"]
         best = self.evaluator.is_best(result)
         if best:
-            self.evaluator.mark_best(result, step)
-            if self.process_index == 0:
+            before = (self.evaluator.best, self.evaluator.best_return, self.evaluator.best_step)
+            self.evaluator.mark_best(result, step)  # first: checkpoints/best's own state records its score
+            try:
                 self.saver.save_best(step, self.agent.save(), self.state(), self.config)
+            except BaseException:  # not kept: the next checkpoint must not claim it
+                self.evaluator.best, self.evaluator.best_return, self.evaluator.best_step = before
+                raise
         result.metrics["eval/best_score"] = self.evaluator.best if self.evaluator.best is not None else result.score
         self.logger.scalars(step, result.metrics)
         where = (f"new best, saved in {self.saver.directory / ckpt.BEST}" if best else

@@ -1,6 +1,7 @@
 """Evaluation during training (run.eval_every): fixed episodes, pinned levels, the best checkpoint kept."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -59,6 +60,10 @@ def test_every_evaluation_sees_the_same_episodes_at_its_pinned_level_with_the_de
     # Another policy on the same episodes scores differently (the numbers come from the rollouts).
     still = evaluator.evaluate(ScriptedAgent(gain=0.0))
     assert still.metrics["eval/level0/return"] != first.metrics["eval/level0/return"]
+    # A stop (Ctrl-C) between two episodes ends the evaluation without a result.
+    calls = []
+    assert evaluator.evaluate(agent, stop=lambda: calls.append(1) or len(calls) > 1) is None
+    assert len(calls) == 2
 
 
 def test_a_task_without_a_curriculum_is_evaluated_once_as_it_is():
@@ -70,10 +75,16 @@ def test_a_task_without_a_curriculum_is_evaluated_once_as_it_is():
             self.modes.add(mode)
             return carry, {"action": np.zeros((1, 1), np.float32)}
 
-    result = PeriodicEval(config, make_env).evaluate(Zero())
+    evaluator = PeriodicEval(config, make_env)
+    result = evaluator.evaluate(Zero())
     assert list(result.episodes) == [None]
     assert "eval/return" in result.metrics and "eval/targets_per_min" not in result.metrics
     assert result.score == result.metrics["eval/return"]
+    # A resume with the same settings keeps the best (the levels asked for are what is compared).
+    evaluator.mark_best(result, 100)
+    resumed = PeriodicEval(config, make_env)
+    assert resumed.load_state_dict(json.loads(json.dumps(evaluator.state_dict()))) is None
+    assert resumed.best == result.score and resumed.best_step == 100
 
 
 def test_the_best_is_the_highest_score_and_the_return_breaks_ties():
@@ -123,6 +134,7 @@ def test_a_run_logs_evaluations_keeps_the_best_checkpoint_and_a_resume_keeps_the
     rundir = tmp_path / "run"
     first = _train(["--logdir", str(rundir), "--run.steps", "200"])
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "Evaluating the deterministic policy every 1 s: 1 episode at level(s) [0]" in first.stdout
     assert "Evaluation, deterministic policy" in first.stdout
     lines = [json.loads(x) for x in (rundir / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if "eval/score" in x]
@@ -157,3 +169,21 @@ def test_a_run_logs_evaluations_keeps_the_best_checkpoint_and_a_resume_keeps_the
     assert all(x["eval/best_score"] == max([best_score] + [y["eval/score"] for y in after if y["step"] <= x["step"]])
                for x in after)
     assert best.is_dir() and sorted(p.name for p in (rundir / "checkpoints").glob("ckpt_*")) == ["ckpt_000000300"]
+
+
+def test_a_crash_between_the_two_renames_of_save_best_leaves_the_previous_best(tmp_path):
+    from dreamer_rodent import checkpoint as ckpt
+
+    saver = ckpt.Checkpointer(tmp_path, keep=1)
+    config = _config()
+    arrays = {"w": np.arange(3.0)}
+    saver.save_best(10, arrays, {"eval": {"best": 1.0, "best_step": 10}}, config)
+    saver.save_best(20, {"w": np.arange(3.0) + 1}, {"eval": {"best": 2.0, "best_step": 20}}, config)
+    assert saver.best_record()["best"] == 2.0 and not (tmp_path / "checkpoints" / ckpt.BEST_PREVIOUS).exists()
+    # As if killed right after the first rename: only best.previous (complete) and a staged copy remain.
+    os.rename(tmp_path / "checkpoints" / ckpt.BEST, tmp_path / "checkpoints" / ckpt.BEST_PREVIOUS)
+    saver.save(30, arrays, {}, config)  # a regular checkpoint prunes leftovers: the best must survive it
+    assert saver.best_record()["best"] == 2.0
+    loaded = ckpt.load(tmp_path / "checkpoints" / ckpt.BEST)
+    assert loaded.step == 20 and np.array_equal(loaded.arrays["w"], np.arange(3.0) + 1)
+    assert [p.name for p in saver.list()] == ["ckpt_000000030"]
