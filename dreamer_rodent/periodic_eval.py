@@ -27,7 +27,7 @@ import numpy as np
 
 from dreamer_rodent.config import Config, ConfigError
 from dreamer_rodent.rollout import policy_obs, run_episodes
-
+from dreamer_rodent.scores import summarize
 
 
 def eval_env_index(config: Config, level: int | None) -> int:
@@ -113,7 +113,8 @@ class PeriodicEval:
         """Rolls out the deterministic policy; the score and the metrics to log (the best is not updated here).
         None when `stop()` turned true between two episodes (a Ctrl-C does not wait for the rest)."""
         metrics: dict[str, float] = {}
-        scores, returns_, parts, rolled = [], [], [], {}
+        scores, returns, parts, rolled = [], [], [], {}
+        rated = True
         for level in list(self.levels):
             env = self.make_env(self._env_config(level), eval_env_index(self.config, level))
             if level is not None and "log/curriculum_level" not in env.obs_space:
@@ -128,33 +129,30 @@ class PeriodicEval:
             finally:
                 env.close()
             rolled[level] = episodes
-            returns = [e.ret for e in episodes]
-            rates = [e.targets_per_min for e in episodes if e.targets_per_min is not None]
-            successes = [float(e.success) for e in episodes if e.success is not None]
-            upright = [np.mean(e.metrics["upright"]) for e in episodes if e.metrics.get("upright")]
-            values = {"return": float(np.mean(returns)), "length": float(np.mean([e.length for e in episodes]))}
-            if rates:
-                values["targets_per_min"] = float(np.mean(rates))
-            if successes:
-                values["success"] = float(np.mean(successes))
-            if upright:
-                values["upright"] = float(np.mean(upright))
+            summary = summarize(episodes)  # the eval command's numbers, so both read alike
+            values = {"return": summary["return"]["mean"], "length": summary["length"]["mean"]}
+            if "targets_per_min" in summary:
+                values["targets_per_min"] = summary["targets_per_min"]["mean"]
+            if "success_rate" in summary:
+                values["success"] = summary["success_rate"]
+            if "upright" in summary["metrics"]:
+                values["upright"] = summary["metrics"]["upright"]["mean"]
             prefix = "eval/" if len(self.levels) == 1 else f"eval/level{level}/"
             metrics.update({prefix + k: v for k, v in values.items()})
-            score = values["targets_per_min"] if rates else values["return"]
-            scores.append(score)
-            returns_.append(values["return"])
+            rate = values.get("targets_per_min")
+            rated = rated and rate is not None
+            scores.append(values["return"] if rate is None else rate)
+            returns.append(values["return"])
             where = f"level {level}: " if level is not None else ""
-            parts.append(where + (f"{values['targets_per_min']:.1f} targets/min, " if rates else "")
-                         + f"return {values['return']:.1f}")
+            parts.append(where + ("" if rate is None else f"{rate:.1f} targets/min, ") + f"return {values['return']:.1f}")
             if level is None:
                 break
         score = float(np.mean(scores))
         metrics["eval/score"] = score
-        unit = "targets/min" if all("targets/min" in p for p in parts) else "return"
         line = (f"Evaluation, deterministic policy, {self.episodes} episode{'s' if self.episodes > 1 else ''}"
-                f"{' per level' if len(self.levels) > 1 else ''}: {'; '.join(parts)} (score {score:.2f} {unit}")
-        return EvalResult(score, float(np.mean(returns_)), metrics, line, rolled)
+                f"{' per level' if len(self.levels) > 1 else ''}: {'; '.join(parts)} "
+                f"(score {score:.2f} {'targets/min' if rated else 'return'}")
+        return EvalResult(score, float(np.mean(returns)), metrics, line, rolled)
 
     def is_best(self, result: EvalResult) -> bool:
         """Better than every evaluation so far: a higher score, or the same score with a higher mean return."""

@@ -34,9 +34,9 @@ from dreamer_rodent import checkpoint as ckpt
 from dreamer_rodent import cli_help, distributed, gl_backend
 from dreamer_rodent.alarm import ExploitationAlarm, real_reward_gap
 from dreamer_rodent.collector import Collector
-from dreamer_rodent.env import make_env
 from dreamer_rodent.config import Config, ConfigError, parse_args, with_cpu_preset, with_defaults
 from dreamer_rodent.driver import Driver, Recent, agent_obs
+from dreamer_rodent.env import make_env
 from dreamer_rodent.logger import Averages, Logger, Phase, Progress
 from dreamer_rodent.periodic_eval import PeriodicEval, check_eval_config
 from dreamer_rodent.replay import Replay
