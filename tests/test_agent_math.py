@@ -58,6 +58,13 @@ def test_twohot_mean_is_the_raw_space_mean_and_exactly_zero_when_uniform():
     # Its gradient is the softmax's: p * (b - mean).
     grad = jax.grad(lambda l: dists.twohot_mean(l, b))(jnp.zeros(255))
     np.testing.assert_allclose(grad, b / 255, rtol=1e-5, atol=1e-3)
+    small = dists.bins(31)  # and at random heads (bins up to +-4.9e8 would swamp a float32 comparison)
+    for row in np.asarray(jax.random.normal(jax.random.PRNGKey(2), (4, 31)) * 2):
+        p = np.exp(row.astype(np.float64) - row.max())
+        p /= p.sum()
+        mean = (p * np.asarray(small, np.float64)).sum()
+        grad = jax.grad(lambda l: dists.twohot_mean(l, small))(jnp.asarray(row))
+        np.testing.assert_allclose(grad, p * (np.asarray(small, np.float64) - mean), rtol=1e-4, atol=1e-4)
 
 
 def test_unimix_probabilities():
@@ -198,3 +205,40 @@ def test_laprop_alone_and_warmup_schedule():
     np.testing.assert_allclose(out, [-1.0, 1.0], rtol=1e-5)  # tiny gradients still move at full rate (eps 1e-20)
     _, schedule = make_optimizer(lr=4e-5, agc=0.3, eps=1e-20, beta1=0.9, beta2=0.999, warmup=4)
     np.testing.assert_allclose([schedule(jnp.array(i)) for i in range(6)], [1e-5, 2e-5, 3e-5, 4e-5, 4e-5, 4e-5], rtol=1e-6)
+
+
+def test_block_linear_shared_input_equals_copying_it_into_every_block():
+    """The RSSM's first block layer multiplies the input every block shares once, densely; it must equal the
+    paper's form: that input concatenated to each block's own slice, through the same (g, i + s, o) kernel."""
+    from dreamer_rodent.agent.nets import BlockLinear
+
+    g, i, s, o = 4, 3, 5, 2
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, g, i))
+    shared = jax.random.normal(jax.random.PRNGKey(1), (2, 7, s))
+    layer = BlockLinear(g, o)
+    params = layer.init(jax.random.PRNGKey(2), x, shared)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
+    kernel, bias = params["params"]["kernel"], params["params"]["bias"]
+    assert kernel.shape == (g, i + s, o)
+    copied = jnp.concatenate([x, jnp.broadcast_to(shared[..., None, :], (2, 7, g, s))], -1)
+    expected = np.einsum("...gi,gio->...go", np.asarray(copied), np.asarray(kernel)) + np.asarray(bias)
+    np.testing.assert_allclose(layer.apply(params, x, shared), expected, rtol=1e-5, atol=1e-5)
+    # Without a shared input it is the plain block-diagonal map.
+    params_own = layer.init(jax.random.PRNGKey(2), x)
+    k_own = params_own["params"]["kernel"]
+    np.testing.assert_allclose(layer.apply(params_own, x),
+                               np.einsum("...gi,gio->...go", np.asarray(x), np.asarray(k_own)), rtol=1e-5, atol=1e-5)
+
+
+def test_sample_onehot_draws_each_class_at_its_probability_with_straight_through_gradient():
+    probs = jnp.array([[0.05, 0.15, 0.3, 0.5], [0.0, 0.0, 1.0, 0.0]])
+    logits = jnp.log(jnp.maximum(probs, 1e-30))
+    samples = jax.vmap(lambda k: dists.sample_onehot(k, logits))(jax.random.split(jax.random.PRNGKey(0), 20000))
+    assert samples.shape == (20000, 2, 4)
+    np.testing.assert_allclose(np.asarray(samples).sum(-1), 1.0, atol=1e-6)  # one-hot (forward value)
+    freq = np.asarray(samples).mean(0)
+    np.testing.assert_allclose(freq[0], probs[0], atol=0.01)
+    assert freq[1, 2] == 1.0  # a class of probability 0 is never drawn
+    grad = jax.grad(lambda l: dists.sample_onehot(jax.random.PRNGKey(1), l)[0, 3])(logits)
+    np.testing.assert_allclose(grad[0], jax.grad(lambda l: jax.nn.softmax(l, -1)[0, 3])(logits)[0], atol=1e-6)
+

@@ -124,9 +124,15 @@ def unimix_logits(logits, unimix: float):
 
 
 def sample_onehot(key, logits):
-    """One-hot sample with straight-through gradients to the probabilities."""
+    """One-hot sample with straight-through gradients to the probabilities.
+
+    Drawn by inverting the cumulative probabilities with one uniform number per
+    categorical, not Gumbel-max with one per class: the same distribution from
+    1/classes the random bits (random bits are most of the cost on a CPU).
+    """
     probs = jax.nn.softmax(logits, -1)
-    index = jax.random.categorical(key, logits, -1)
+    u = jax.random.uniform(key, logits.shape[:-1] + (1,), probs.dtype)
+    index = jnp.minimum(jnp.sum(jnp.cumsum(probs, -1) < u, -1), logits.shape[-1] - 1)
     onehot = jax.nn.one_hot(index, logits.shape[-1], dtype=f32)
     return onehot + probs - sg(probs)
 
