@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import dreamer_rodent  # noqa: F401  (sets MUJOCO_GL before dm_control is imported)
-from dreamer_rodent import cli_help, gl_backend, video
+from dreamer_rodent import cli_help, gl_backend, host_memory, video
 from dreamer_rodent.config import Config, ConfigError, split_flags, with_defaults
 from dreamer_rodent.overlay import DREAM_LENGTH, DREAM_SEQUENCES, compose_frame, dream_batch, dream_frames, frame_text
 from dreamer_rodent.rollout import EvalError, Episode, policy_obs, run_episodes
@@ -533,4 +533,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.use_huge_pages()  # executes this command again, once, with huge pages for the allocator
     sys.exit(main())

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from dreamer_rodent import checkpoint as ckpt
-from dreamer_rodent import cli_help, distributed, gl_backend
+from dreamer_rodent import cli_help, distributed, gl_backend, host_memory
 from dreamer_rodent.alarm import ExploitationAlarm, real_reward_gap
 from dreamer_rodent.collector import Collector
 from dreamer_rodent.config import Config, ConfigError, parse_args, with_cpu_preset, with_defaults
@@ -1092,4 +1092,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.use_huge_pages()  # executes this command again, once, with huge pages for the allocator
     sys.exit(main())

@@ -40,6 +40,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # --isolate: th
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dreamer_rodent import host_memory  # noqa: E402
 from dreamer_rodent.agent import Agent, count_params  # noqa: E402
 from dreamer_rodent.config import build_config  # noqa: E402
 from dreamer_rodent.spaces import Space  # noqa: E402
@@ -323,4 +324,5 @@ def table(rows: list[dict], peak_tflops: float = 0.0) -> list[str]:
 
 
 if __name__ == "__main__":
+    host_memory.use_huge_pages()  # executes this command again, once, with huge pages for the allocator
     sys.exit(main())

@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from dreamer_rodent import distributed  # noqa: E402
+from dreamer_rodent import distributed, host_memory  # noqa: E402
 from dreamer_rodent.config import parse_args  # noqa: E402
 
 
@@ -132,4 +132,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.use_huge_pages()  # executes this command again, once, with huge pages for the allocator
     sys.exit(main())

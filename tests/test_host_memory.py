@@ -1,0 +1,47 @@
+"""The commands' huge-page setting for the C allocator (dreamer_rodent/host_memory.py)."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from dreamer_rodent import host_memory as hm
+
+
+def test_environment_to_execute_again_with():
+    env = hm.hugepage_environ({"PATH": "/bin"}, "madvise")
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and env["PATH"] == "/bin"
+    assert hm.hugepage_environ(env, "madvise") is None  # the executed-again process goes on
+    # Other tunables are kept; a hugetlb value the user chose is left alone.
+    kept = hm.hugepage_environ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "always")
+    assert kept["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert hm.hugepage_environ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "always") is None
+    assert hm.hugepage_environ({"DREAMER_RODENT_HUGEPAGES": "0"}, "always") is None
+    assert hm.hugepage_environ({}, "never") is None and hm.hugepage_environ({}, "") is None
+
+
+def test_thp_mode_reads_the_bracketed_word(tmp_path):
+    path = tmp_path / "enabled"
+    path.write_text("always [madvise] never\n")
+    assert hm.thp_mode(str(path)) == "madvise"
+    assert hm.thp_mode(str(tmp_path / "missing")) == ""
+
+
+SCRIPT = ("import os; from dreamer_rodent.host_memory import use_huge_pages; use_huge_pages(); "
+          "print(os.getpid(), os.environ.get('GLIBC_TUNABLES'))")
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or
+                    hm.thp_mode() not in ("always", "madvise"), reason="needs Linux, glibc and transparent huge pages")
+def test_a_command_runs_again_in_the_same_process_with_the_setting_and_can_be_turned_off():
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hm.OPT_OUT, hm._DONE)}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    pid, tunables = out.split()
+    assert int(pid) == proc.pid  # the same process (a launcher's signals still reach it), its program replaced
+    assert tunables == "glibc.malloc.hugetlb=1"
+    off = subprocess.run([sys.executable, "-c", SCRIPT], env={**env, hm.OPT_OUT: "0"}, capture_output=True,
+                         text=True, timeout=60)
+    assert off.stdout.split()[1] == "None"
