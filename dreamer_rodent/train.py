@@ -1091,6 +1091,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def cli() -> int:
+    """The command (`python -m ...` and the console script): `main` in a process whose allocator uses huge pages."""
+    host_memory.use_huge_pages()  # executes this command again, once, with GLIBC_TUNABLES set (dreamer_rodent/host_memory.py)
+    return main()
+
+
 if __name__ == "__main__":
-    host_memory.use_huge_pages()  # executes this command again, once, with huge pages for the allocator
-    sys.exit(main())
+    sys.exit(cli())

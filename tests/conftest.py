@@ -1,4 +1,10 @@
-"""Fault injection shared by the tests."""
+"""Fault injection shared by the tests, and the environment every test process starts from."""
+
+import os
+
+# The commands' huge-page allocator setting (dreamer_rodent/host_memory.py) is for long runs: tests run many
+# short command processes and keep it off, except tests/test_host_memory.py, which turns it on where it checks it.
+os.environ.setdefault("DREAMER_RODENT_HUGEPAGES", "0")
 
 
 class FullDisk:

@@ -45,3 +45,14 @@ def test_a_command_runs_again_in_the_same_process_with_the_setting_and_can_be_tu
     off = subprocess.run([sys.executable, "-c", SCRIPT], env={**env, hm.OPT_OUT: "0"}, capture_output=True,
                          text=True, timeout=60)
     assert off.stdout.split()[1] == "None"
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or
+                    hm.thp_mode() not in ("always", "madvise"), reason="needs Linux, glibc and transparent huge pages")
+def test_the_training_command_runs_to_its_end_with_the_setting(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hm.OPT_OUT, hm._DONE, "XLA_FLAGS")}
+    result = subprocess.run([sys.executable, "-m", "dreamer_rodent.train", "--task", "ball_goto", "--configs", "debug",
+                             "--env.time_limit", "1.0", "--run.progress", "false", "--run.steps", "200",
+                             "--logdir", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints").is_dir()
