@@ -50,13 +50,20 @@ def hugepage_environ(environ: Mapping[str, str], mode: str) -> dict[str, str] | 
     return env
 
 
+def available(mode: str | None = None) -> bool:
+    """Whether the setting can apply here: Linux with glibc, and the kernel's transparent huge pages (`mode`, read
+    from the kernel when not given) not `never`."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    return (thp_mode() if mode is None else mode) in ("always", "madvise")
+
+
 def use_huge_pages() -> None:
     """Executes this same command again with `glibc.malloc.hugetlb=1` where that applies (see the module
     docstring); returns without doing anything otherwise, or when the execution fails. Call it first thing
     under `if __name__ == "__main__":`, never from library code (it replaces the running process)."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return
-    env = hugepage_environ(os.environ, thp_mode())
+    mode = thp_mode()
+    env = hugepage_environ(os.environ, mode) if available(mode) else None
     if env is None:
         return
     sys.stdout.flush()

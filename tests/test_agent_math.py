@@ -241,4 +241,3 @@ def test_sample_onehot_draws_each_class_at_its_probability_with_straight_through
     assert freq[1, 2] == 1.0  # a class of probability 0 is never drawn
     grad = jax.grad(lambda l: dists.sample_onehot(jax.random.PRNGKey(1), l)[0, 3])(logits)
     np.testing.assert_allclose(grad[0], jax.grad(lambda l: jax.nn.softmax(l, -1)[0, 3])(logits)[0], atol=1e-6)
-

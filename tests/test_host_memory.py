@@ -1,7 +1,6 @@
 """The commands' huge-page setting for the C allocator (dreamer_rodent/host_memory.py)."""
 
 import os
-import platform
 import subprocess
 import sys
 
@@ -29,14 +28,22 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
     assert hm.thp_mode(str(tmp_path / "missing")) == ""
 
 
+needs_huge_pages = pytest.mark.skipif(not hm.available(), reason="needs Linux, glibc and transparent huge pages")
+
+
+def _environ_without_the_setting(*also):
+    """This process's environment with the setting and its markers removed (the suite's conftest turns it off)."""
+    drop = ("GLIBC_TUNABLES", hm.OPT_OUT, hm._DONE, *also)
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 SCRIPT = ("import os; from dreamer_rodent.host_memory import use_huge_pages; use_huge_pages(); "
           "print(os.getpid(), os.environ.get('GLIBC_TUNABLES'))")
 
 
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or
-                    hm.thp_mode() not in ("always", "madvise"), reason="needs Linux, glibc and transparent huge pages")
+@needs_huge_pages
 def test_a_command_runs_again_in_the_same_process_with_the_setting_and_can_be_turned_off():
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hm.OPT_OUT, hm._DONE)}
+    env = _environ_without_the_setting()
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=60)
     pid, tunables = out.split()
@@ -47,10 +54,9 @@ def test_a_command_runs_again_in_the_same_process_with_the_setting_and_can_be_tu
     assert off.stdout.split()[1] == "None"
 
 
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or
-                    hm.thp_mode() not in ("always", "madvise"), reason="needs Linux, glibc and transparent huge pages")
+@needs_huge_pages
 def test_the_training_command_runs_to_its_end_with_the_setting(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hm.OPT_OUT, hm._DONE, "XLA_FLAGS")}
+    env = _environ_without_the_setting("XLA_FLAGS")
     result = subprocess.run([sys.executable, "-m", "dreamer_rodent.train", "--task", "ball_goto", "--configs", "debug",
                              "--env.time_limit", "1.0", "--run.progress", "false", "--run.steps", "200",
                              "--logdir", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600)
