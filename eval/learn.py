@@ -49,6 +49,10 @@ success rate over the last `--window` episodes at level `--level` (only
 episodes at that level count) reaches `--threshold`; empty if never.
 A seed whose run directory holds a finished run (`learn_done.json`) is not
 trained again; `--plot-only` only rebuilds the CSVs and plot from what is there.
+Seeds may run as separate learn.py processes into one OUT (`--seeds 0` and
+`--seeds 1` at once, one core each): the CSVs, the plot and final_eval.csv
+always hold every seed directory in OUT, so the last process to finish leaves
+them complete (each evaluates only its own seeds).
 
 `--reference CSV` (columns task,method,seed,env_steps,return, like
 ../shared/anchors/dmc_proprio_published.csv) adds the rows of `--task` to the
@@ -65,6 +69,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -688,6 +693,13 @@ def train_seed(rundir: pathlib.Path, train_argv: list[str], seed: int, steps: in
     return subprocess.call(command)
 
 
+def seed_dirs(out: pathlib.Path) -> list[int]:
+    """The seeds with a run directory (`seed<N>`) in OUT, whichever learn.py process trained them."""
+    if not out.is_dir():
+        return []
+    return sorted(int(d.name[4:]) for d in out.iterdir() if d.is_dir() and re.fullmatch(r"seed\d+", d.name))
+
+
 def load_runs(out: pathlib.Path, seeds: Iterable[int]):
     runs, dones = {}, {}
     for seed in seeds:
@@ -743,17 +755,23 @@ def final_eval_path(out: pathlib.Path, seed: int, level: int | None, policy: str
 
 
 def final_eval(out: pathlib.Path, seeds: Sequence[int], levels: Sequence[int | None], episodes: int,
-               baseline_seed: int) -> list[dict]:
+               baseline_seed: int, other_seeds: Sequence[int] = ()) -> list[dict]:
     """The final checkpoint of every seed, deterministic and stochastic, `episodes` episodes at each level
     (`python -m dreamer_rodent.eval`, one child process each; an existing result is kept), beside the random
-    policy's baseline episodes at the same levels. Writes OUT/final_eval.csv and returns its rows."""
+    policy's baseline episodes at the same levels. Writes OUT/final_eval.csv and returns its rows.
+
+    `other_seeds` (seeds another learn.py process trains into the same OUT) contribute the results they already
+    have and are never evaluated here: that process evaluates its own seeds when its training ends, so the last
+    process to finish writes a final_eval.csv with every seed."""
     rows = []
-    for seed in seeds:
+    for seed in sorted(set(seeds) | set(other_seeds)):
         if not (out / f"seed{seed}").exists():
             continue
         for level in levels:
             for policy in ("deterministic", "stochastic"):
                 video = final_eval_path(out, seed, level, policy)
+                if seed not in seeds and not video.with_suffix(".json").exists():
+                    continue
                 if not video.with_suffix(".json").exists():
                     print(f"final evaluation: seed {seed}, level {level}, {policy}, {episodes} episodes", flush=True)
                     argv = [sys.executable, "-m", "dreamer_rodent.eval", "--checkpoint", str(out / f"seed{seed}"),
@@ -876,7 +894,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     random_baseline(train_argv + ["--seed", str(args.seeds[0])], out / name,
                                     args.baseline_episodes, level)
 
-    runs, dones = load_runs(out, args.seeds)
+    # Seeds launched as separate learn.py processes into one OUT (one core each): every process's curve, summary
+    # and final_eval.csv hold all of them, so the last one to write leaves the complete files.
+    others = [seed for seed in seed_dirs(out) if seed not in args.seeds]
+    runs, dones = load_runs(out, sorted({*args.seeds, *others}))
     baselines = load_baselines(out)
     all_runs, levels = dict(runs), {}
     for level, (name, episodes, done) in baselines.items():
@@ -890,7 +911,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + summary_table(summaries, args.threshold, has_success(all_runs)))
     print(f"\nWrote {out / 'curve.csv'}, {out / 'summary.csv'}, {out / 'curve.png'}", flush=True)
     if args.final_eval_episodes > 0 and not args.plot_only:
-        rows = final_eval(out, args.seeds, final_levels, args.final_eval_episodes, args.seeds[0])
+        rows = final_eval(out, args.seeds, final_levels, args.final_eval_episodes, args.seeds[0], others)
         print("\n" + final_eval_table(rows))
         print(f"\nWrote {out / 'final_eval.csv'} (videos and JSON in {out / FINAL_EVAL})", flush=True)
     return 0

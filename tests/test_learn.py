@@ -390,3 +390,36 @@ def test_final_eval_measures_the_checkpoint_both_ways_beside_random_at_each_leve
         assert len(list(csv.DictReader(f))) == 3
     with pytest.raises(SystemExit, match="--final-eval-only needs --final-eval-episodes"):
         learn.main(["--out", str(tmp_path), "--final-eval-only"])
+
+
+def test_seeds_of_separate_processes_all_reach_the_summary_and_final_eval(learn, tmp_path, monkeypatch):
+    """`--seeds 0` and `--seeds 1` as two processes into one OUT: whichever writes last writes every seed's rows
+    (each used to overwrite summary.csv, curve.png and final_eval.csv with its own seeds only). A seed of another
+    process contributes the final results it has and is never evaluated by this one."""
+    for seed, successes in ((0, [0, 1, 1, 1]), (1, [0, 0, 1, 1])):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        (run / learn.EPISODES).write_text("".join(json.dumps(e) + "\n" for e in episodes(successes)))
+    (tmp_path / "seed_notes").mkdir()  # not a seed directory
+    assert learn.seed_dirs(tmp_path) == [0, 1]
+    assert learn.main(["--out", str(tmp_path), "--seeds", "1", "--window", "2", "--plot-only"]) == 0
+    with open(tmp_path / "summary.csv") as f:
+        assert [r["seed"] for r in csv.DictReader(f)] == ["0", "1"]
+
+    def result(seed, policy, rate):
+        path = learn.final_eval_path(tmp_path, seed, 0, policy).with_suffix(".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"per_episode": [{}, {}], "targets_per_min": {"mean": rate},
+                                    "success_rate": 0.5, "return": {"mean": -1.0}}))
+
+    result(1, "deterministic", 6.0)
+    result(1, "stochastic", 7.0)
+    result(0, "deterministic", 3.0)  # the other process's seed: its stochastic result is not there yet
+    evaluated = []
+    monkeypatch.setattr(learn.subprocess, "run", lambda argv, **kw: evaluated.append(argv))
+    rows = learn.final_eval(tmp_path, [1], [0], 2, 1, other_seeds=[0])
+    assert evaluated == []
+    assert [(r["seed"], r["policy"], r["targets_per_min"]) for r in rows] == [
+        (0, "deterministic", 3.0), (1, "deterministic", 6.0), (1, "stochastic", 7.0)]
+    with open(tmp_path / "final_eval.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
