@@ -763,25 +763,29 @@ def final_eval(out: pathlib.Path, seeds: Sequence[int], levels: Sequence[int | N
     `other_seeds` (seeds another learn.py process trains into the same OUT) contribute the results they already
     have and are never evaluated here: that process evaluates its own seeds when its training ends, so the last
     process to finish writes a final_eval.csv with every seed."""
-    rows = []
-    for seed in sorted(set(seeds) | set(other_seeds)):
+    for seed in seeds:  # this process's own seeds first: the others' results may arrive meanwhile
         if not (out / f"seed{seed}").exists():
             continue
         for level in levels:
             for policy in ("deterministic", "stochastic"):
                 video = final_eval_path(out, seed, level, policy)
-                if seed not in seeds and not video.with_suffix(".json").exists():
+                if video.with_suffix(".json").exists():
                     continue
-                if not video.with_suffix(".json").exists():
-                    print(f"final evaluation: seed {seed}, level {level}, {policy}, {episodes} episodes", flush=True)
-                    argv = [sys.executable, "-m", "dreamer_rodent.eval", "--checkpoint", str(out / f"seed{seed}"),
-                            "--episodes", str(episodes), f"--{policy}", "--size", "160x120", "--out", str(video)]
-                    argv += ["--level", str(level)] if level is not None else []
-                    if subprocess.run(argv, stdout=subprocess.DEVNULL).returncode != 0:  # its error line is above
-                        print(f"final evaluation of seed {seed} (level {level}, {policy}) failed; left out of "
-                              f"final_eval.csv (rerun with --final-eval-only)", flush=True)
-                        continue
-                scores = json.loads(video.with_suffix(".json").read_text())
+                print(f"final evaluation: seed {seed}, level {level}, {policy}, {episodes} episodes", flush=True)
+                argv = [sys.executable, "-m", "dreamer_rodent.eval", "--checkpoint", str(out / f"seed{seed}"),
+                        "--episodes", str(episodes), f"--{policy}", "--size", "160x120", "--out", str(video)]
+                argv += ["--level", str(level)] if level is not None else []
+                if subprocess.run(argv, stdout=subprocess.DEVNULL).returncode != 0:  # its error line is above
+                    print(f"final evaluation of seed {seed} (level {level}, {policy}) failed; left out of "
+                          f"final_eval.csv (rerun with --final-eval-only)", flush=True)
+    rows = []
+    for seed in sorted(set(seeds) | set(other_seeds)):
+        for level in levels:
+            for policy in ("deterministic", "stochastic"):
+                result = final_eval_path(out, seed, level, policy).with_suffix(".json")
+                if not result.exists():  # failed, or another process's seed not evaluated yet
+                    continue
+                scores = json.loads(result.read_text())
                 rows.append({"seed": seed, "level": "" if level is None else level, "policy": policy,
                              "episodes": len(scores["per_episode"]),
                              "targets_per_min": (scores.get("targets_per_min") or {}).get("mean", ""),

@@ -3,6 +3,7 @@
 import csv
 import json
 import pathlib
+import types
 
 import pytest
 
@@ -413,13 +414,19 @@ def test_seeds_of_separate_processes_all_reach_the_summary_and_final_eval(learn,
                                     "success_rate": 0.5, "return": {"mean": -1.0}}))
 
     result(1, "deterministic", 6.0)
-    result(1, "stochastic", 7.0)
     result(0, "deterministic", 3.0)  # the other process's seed: its stochastic result is not there yet
     evaluated = []
-    monkeypatch.setattr(learn.subprocess, "run", lambda argv, **kw: evaluated.append(argv))
+
+    def evaluate(argv, **kwargs):  # this process evaluates its seed 1; meanwhile the other one finishes seed 0
+        evaluated.append(argv[argv.index("--checkpoint") + 1])
+        result(1, "stochastic", 7.0)
+        result(0, "stochastic", 5.0)
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(learn.subprocess, "run", evaluate)
     rows = learn.final_eval(tmp_path, [1], [0], 2, 1, other_seeds=[0])
-    assert evaluated == []
+    assert evaluated == [str(tmp_path / "seed1")]  # never the other process's seed
     assert [(r["seed"], r["policy"], r["targets_per_min"]) for r in rows] == [
-        (0, "deterministic", 3.0), (1, "deterministic", 6.0), (1, "stochastic", 7.0)]
+        (0, "deterministic", 3.0), (0, "stochastic", 5.0), (1, "deterministic", 6.0), (1, "stochastic", 7.0)]
     with open(tmp_path / "final_eval.csv") as f:
-        assert len(list(csv.DictReader(f))) == 3
+        assert len(list(csv.DictReader(f))) == 4
