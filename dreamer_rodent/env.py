@@ -4,7 +4,9 @@
 `Env` whose `step({'action': a, 'reset': bool})` returns one observation dict:
 `reward`, `is_first`, `is_last`, `is_terminal`, the sensory keys on in
 `config.env.keys` (`image`, `vestibular`, `proprio`, task keys such as `target`)
-and `log/...` metrics that never go to the agent. Terminal means the task ended
+and `log/...` metrics that never go to the agent (read after the last physics
+step of an action repeat; `log/success` is set if any of its sub-steps had it,
+so a target reached mid-repeat counts as a success). Terminal means the task ended
 the episode (discount 0); the time limit gives `is_last` without `is_terminal`.
 
 dm_control is imported on the first `make_env`, not with this module, so that a
@@ -138,16 +140,18 @@ class Env:
             raise ValueError(f"action contains NaN or inf: {act}; check the policy's outputs.")
         act = np.clip(act, -1.0, 1.0)
         act = self._act_low + (act + 1.0) * 0.5 * (self._act_high - self._act_low)
-        reward = 0.0
-        for _ in range(self._repeat):
+        reward, success = 0.0, 0.0
+        for index in range(self._repeat):
             timestep = self._env.step(act)
             reward += timestep.reward or 0.0
             if timestep.last():
                 break
+            if index < self._repeat - 1:  # a task's `success` is its step's: one on an inner sub-step counts too
+                success = max(success, float(self._build.log_metrics(self._env.physics).get("success", 0.0)))
         last = timestep.last()
         terminal = bool(last and timestep.discount == 0.0)
         self._done = last
-        return self._convert(timestep.observation, reward, False, last, terminal)
+        return self._convert(timestep.observation, reward, False, last, terminal, success)
 
     def _reset(self) -> dict[str, np.ndarray]:
         timestep = self._pending if self._pending is not None else self._env.reset()
@@ -155,7 +159,7 @@ class Env:
         self._done = False
         return self._convert(timestep.observation, 0.0, True, False, False)
 
-    def _convert(self, obs, reward, first, last, terminal) -> dict[str, np.ndarray]:
+    def _convert(self, obs, reward, first, last, terminal, success: float = 0.0) -> dict[str, np.ndarray]:
         build = self._build
         out = {
             "reward": np.float32(reward),
@@ -172,7 +176,7 @@ class Env:
         for key, name in build.task_obs.items():
             out[key] = np.asarray(obs[name], np.float32).ravel()
         for key, value in build.log_metrics(self._env.physics).items():
-            out[LOG_PREFIX + key] = np.float32(value)
+            out[LOG_PREFIX + key] = np.float32(max(value, success) if key == "success" else value)
         return out
 
     # ---- curriculum ----

@@ -271,16 +271,19 @@ def test_reach_rate_and_time_to_first_reach_of_a_scripted_episode():
 
 
 def test_reach_rate_counts_simulated_time_with_action_repeat():
-    """With action repeat 2 an env step is 40 ms: one target in a 1 s episode is 60 per minute."""
+    """With action repeat 2 an env step is 40 ms: one target in a 1 s episode is 60 per minute. The reach happens
+    on the first of the two physics steps, and the env step still reports it as a success."""
     env = _env("ball_goto", **{"env.time_limit": 1.0, "env.action_repeat": 2, "task_kwargs.level": 0})
     zero = np.zeros(env.act_space["action"].shape, np.float32)
     obs = env.step({"reset": True})
-    steps = 0
+    steps, successes = 0, []
     while not obs["is_last"]:
         if steps == 4:
             _place_at_head(env)  # reached on the first control step of env step 5: control step 9
         obs = env.step({"action": zero, "reset": False})
         steps += 1
+        successes.append(float(obs["log/success"]))
+    assert successes[4] == 1.0 and sum(successes) == 1.0
     assert steps == 25 and obs["log/targets_reached"] == 1.0
     assert obs["log/targets_per_min"] == pytest.approx(60.0)
     assert obs["log/first_reach_s"] == pytest.approx(9 * 0.02)

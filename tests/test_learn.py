@@ -91,6 +91,15 @@ def test_success_counts_targets_reached_inside_an_action_repeat(learn):
     assert record["success"] == 0.0 and record["level"] == 2.0 and record["return"] == 1.0
 
 
+def test_final_eval_success_rate_counts_targets_an_older_eval_json_missed(learn):
+    """An eval JSON written before the adapter carried a mid-repeat reach into log/success: 2 of 3 episodes reached
+    a target, one of them only mid-repeat; the rate is 2/3, not the JSON's 1/3. A suite task's JSON keeps its own."""
+    episodes = [{"success": True, "targets_reached": 1}, {"success": False, "targets_reached": 2},
+                {"success": False, "targets_reached": 0}]
+    assert learn._eval_success_rate({"success_rate": 1 / 3, "per_episode": episodes}) == pytest.approx(2 / 3)
+    assert learn._eval_success_rate({"per_episode": [{"return": 1.0}]}) == ""
+
+
 class FakeClock:
     """Seconds that advance by `tick` on every reading: the budget logic runs without waiting or depending on speed."""
 
