@@ -54,6 +54,7 @@ class Env:
         if self._repeat < 1:
             raise ValueError(f"env.action_repeat must be >= 1, got {self._repeat}.")
         self._keys = tuple(build.keys)
+        self._reports_success = False  # whether the task's log_metrics has `success`: known from the first observation
 
         spec = self._env.action_spec()
         self._act_low = np.asarray(spec.minimum, np.float64) * np.ones(spec.shape)
@@ -146,8 +147,9 @@ class Env:
             reward += timestep.reward or 0.0
             if timestep.last():
                 break
-            if index < self._repeat - 1:  # a task's `success` is its step's: one on an inner sub-step counts too
-                success = max(success, float(self._build.log_metrics(self._env.physics).get("success", 0.0)))
+            if self._reports_success and index < self._repeat - 1:
+                # The task's `success` is its own step's: a reach on an inner sub-step counts too.
+                success = max(success, float(self._build.log_metrics(self._env.physics)["success"]))
         last = timestep.last()
         terminal = bool(last and timestep.discount == 0.0)
         self._done = last
@@ -175,7 +177,9 @@ class Env:
             out["proprio"] = np.concatenate([np.ravel(obs[k]) for k in build.proprio]).astype(np.float32)
         for key, name in build.task_obs.items():
             out[key] = np.asarray(obs[name], np.float32).ravel()
-        for key, value in build.log_metrics(self._env.physics).items():
+        metrics = build.log_metrics(self._env.physics)
+        self._reports_success = "success" in metrics  # the inner sub-steps of a repeat read it only then
+        for key, value in metrics.items():
             out[LOG_PREFIX + key] = np.float32(max(value, success) if key == "success" else value)
         return out
 

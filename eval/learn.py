@@ -86,17 +86,21 @@ DONE = "learn_done.json"
 # Child process: train with an episode hook.
 
 
+def _succeeded(success, targets) -> float:
+    """1.0 if the episode succeeded: log/success seen at some step, or (where the task counts them) a target
+    reached. Records made before the env adapter carried a mid-repeat reach into log/success (4aaa9ad) saw only
+    the last sub-step's; their target counts saw them all."""
+    return float(bool(success) or (targets is not None and targets > 0))
+
+
 def _scores(episode: dict, has_success: bool = True) -> dict:
     """An episode record of the driver -> the fields learn.py keeps.
 
-    Success is the driver's (log/success seen at some step) or, where the task
-    counts them, at least one target reached: with env.action_repeat > 1 the
-    driver sees only the last sub-step's log/success, the count sees them all.
-    A task without log/success (`has_success` false) gets None: the driver's 0
-    there would read as "never succeeded".
+    Success by `_succeeded`. A task without log/success (`has_success` false) gets None: the driver's 0 there
+    would read as "never succeeded".
     """
     targets = episode.get("targets_reached")
-    success = float(episode["success"] > 0 or (targets is not None and targets > 0)) if has_success else None
+    success = _succeeded(episode["success"] > 0, targets) if has_success else None
     current = episode.get("curriculum_level", 0.0)
     record = {"return": episode["score"], "length": episode["length"], "success": success,
               # The level the episode's targets were drawn at (an easy episode's is below the curriculum's).
@@ -755,13 +759,11 @@ def final_eval_path(out: pathlib.Path, seed: int, level: int | None, policy: str
 
 
 def _eval_success_rate(scores: dict) -> float | str:
-    """An eval JSON's success rate by `_scores`' rule (success seen, or a target counted). Evaluations written
-    before the env adapter carried a mid-repeat reach into `log/success` under-count theirs; their per-episode
-    target counts are right, so the rate is taken from those where they exist."""
+    """An eval JSON's success rate, recounted per episode by `_succeeded` (older JSONs under-count theirs)."""
     per_episode = scores.get("per_episode") or []
     if not per_episode or "success" not in per_episode[0]:
         return scores.get("success_rate", "")
-    return _mean([float(bool(e.get("success")) or (e.get("targets_reached") or 0) > 0) for e in per_episode])
+    return _mean([_succeeded(e.get("success"), e.get("targets_reached")) for e in per_episode])
 
 
 def final_eval(out: pathlib.Path, seeds: Sequence[int], levels: Sequence[int | None], episodes: int,
