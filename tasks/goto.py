@@ -3,15 +3,21 @@
 Reward per control step (weights in `task_kwargs`):
 
     reward = progress_weight * (phi(d) - phi(d_prev))  # progress towards the target
-             - posture_weight * (1 - up) / 2          # up: torso z-axis . world z
+             - posture_weight * max(0, c - up) / (1 + c)  # up: torso z-axis . world z
              + success_bonus * [d < success_radius]   # the head reached the target
     phi(d) = 1 - tanh(d / distance_scale)
+    c = cos(posture_free_tilt)
 
 where d is the horizontal distance from the head to the target (the target marker
 floats at the walker's head height, so rat, mouse and ball can all reach it) and
 d_prev the distance to the same target one step earlier (its spawn distance
-right after it appeared). The shaping is a difference of potentials, so it does
-not change which policy is best (Ng et al. 1999): an earlier reward of phi(d) per
+right after it appeared). The posture penalty is posture_weight on the back
+(up = -1) and nothing while the torso tilts less than `posture_free_tilt`
+degrees from upright; at the default 0 it is posture_weight * (1 - up) / 2,
+which pays for every degree towards upright, so a rat can earn more by
+standing still than by leaning into a reach (eval/RESULTS.md, rodent_goto).
+The shaping is a difference of potentials, so it does not change which policy
+is best (Ng et al. 1999): an earlier reward of phi(d) per
 step paid the agent for hovering just outside the success radius, since
 reaching the target respawned it farther away and cut that reward; one
 ball_goto seed learned exactly that (eval/RESULTS.md).
@@ -66,13 +72,17 @@ class GoToTarget(composer.Task):
     """Head-to-target with shaped reward, posture penalty and a curriculum."""
 
     def __init__(self, walker, arena, curriculum: base.Curriculum, success_radius: float, success_bonus: float,
-                 posture_weight: float, distance_scale: float, progress_weight: float):
+                 posture_weight: float, distance_scale: float, progress_weight: float,
+                 posture_free_tilt: float = 0.0):
         if success_radius <= 0:
             raise base.TaskConfigError(f"task_kwargs.success_radius must be > 0 metres, got {success_radius}.")
         if progress_weight < 0:
             raise base.TaskConfigError(f"task_kwargs.progress_weight must be >= 0, got {progress_weight}.")
         if distance_scale <= 0:
             raise base.TaskConfigError(f"task_kwargs.distance_scale must be > 0 metres, got {distance_scale}.")
+        if not 0 <= posture_free_tilt < 180:
+            raise base.TaskConfigError(
+                f"task_kwargs.posture_free_tilt must be in [0, 180) degrees from upright, got {posture_free_tilt}.")
         self._walker = walker
         self._arena = arena
         self._walker.create_root_joints(self._arena.attach(self._walker))
@@ -80,6 +90,7 @@ class GoToTarget(composer.Task):
         self.success_radius = float(success_radius)
         self.success_bonus = float(success_bonus)
         self.posture_weight = float(posture_weight)
+        self._free_up = float(np.cos(np.radians(posture_free_tilt)))  # up above this costs nothing
         self.distance_scale = float(distance_scale)
         self.progress_weight = float(progress_weight)
 
@@ -149,7 +160,7 @@ class GoToTarget(composer.Task):
             self._place_target(physics, random_state)
 
     def get_reward(self, physics):
-        posture = self.posture_weight * (1.0 - self._up) / 2.0
+        posture = self.posture_weight * max(0.0, self._free_up - self._up) / (1.0 + self._free_up)
         return float(self.progress_weight * self._progress - posture + self.success_bonus * self._success_now)
 
     def should_terminate_episode(self, physics):
@@ -245,6 +256,7 @@ def make_goto(walker_name: str, config, seed: int) -> base.TaskBuild:
         success_radius=kw.success_radius,
         success_bonus=kw.success_bonus,
         posture_weight=kw.posture_weight,
+        posture_free_tilt=kw.posture_free_tilt,
         distance_scale=kw.distance_scale,
         progress_weight=kw.progress_weight,
     )

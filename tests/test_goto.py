@@ -112,6 +112,33 @@ def test_rodent_on_its_back_earns_the_posture_penalty():
     env.close()
 
 
+def test_posture_free_tilt_charges_only_beyond_the_tilt():
+    """posture_free_tilt 90: a rat on its side pays nothing, on its back the full weight times how far past."""
+    env = _env("rodent_goto", **{"task_kwargs.posture_free_tilt": 90.0, "task_kwargs.posture_weight": 0.5,
+                                 "task_kwargs.progress_weight": 0.0})
+    env.step({"reset": True})
+    zero = np.zeros(env.act_space["action"].shape, np.float32)
+    walker, physics = env.walker, env.physics
+    rewards = {}
+    for name, quaternion in [("side", [np.cos(np.pi / 4), np.sin(np.pi / 4), 0.0, 0.0]), ("back", [0.0, 1.0, 0.0, 0.0])]:
+        walker.set_pose(physics, position=[0.0, 0.0, 0.12], quaternion=quaternion)
+        walker.set_velocity(physics, velocity=np.zeros(3), angular_velocity=np.zeros(3))
+        obs = env.step({"action": zero, "reset": False})
+        rewards[name] = (obs["reward"], obs["log/upright"])
+    side_reward, side_up = rewards["side"]
+    back_reward, back_up = rewards["back"]
+    assert back_up < -0.8 and abs(side_up) < 0.3
+    np.testing.assert_allclose(back_reward, -0.5 * max(0.0, -back_up), atol=1e-4)
+    np.testing.assert_allclose(side_reward, -0.5 * max(0.0, -side_up), atol=1e-4)
+    assert side_reward > back_reward + 0.35
+    env.close()
+
+
+def test_posture_free_tilt_out_of_range_is_a_config_error():
+    with pytest.raises(base.TaskConfigError, match="posture_free_tilt"):
+        _env("rodent_goto", **{"task_kwargs.posture_free_tilt": 180.0})
+
+
 def test_body_contacts_do_not_end_the_episode():
     env = _env("rodent_goto", **{"env.time_limit": 2.0})
     env.step({"reset": True})
