@@ -17,10 +17,10 @@ degrees from upright; at the default 0 it is posture_weight * (1 - up) / 2,
 which pays for every degree towards upright, so a rat can earn more by
 standing still than by leaning into a reach (eval/RESULTS.md, rodent_goto).
 The shaping is a difference of potentials, so it does not change which policy
-is best (Ng et al. 1999): an earlier reward of phi(d) per
-step paid the agent for hovering just outside the success radius, since
-reaching the target respawned it farther away and cut that reward; one
-ball_goto seed learned exactly that (eval/RESULTS.md).
+is best (Ng et al. 1999): an earlier reward of phi(d) per step paid the agent
+for hovering just outside the success radius, since reaching the target
+respawned it farther away and cut that reward; one ball_goto seed learned
+exactly that (eval/RESULTS.md).
 
 Observation `target`: the head-to-target vector in the torso frame, in units of
 `success_radius` (|target| < 1 means reached). In metres a near target is ~0.1:
@@ -72,8 +72,7 @@ class GoToTarget(composer.Task):
     """Head-to-target with shaped reward, posture penalty and a curriculum."""
 
     def __init__(self, walker, arena, curriculum: base.Curriculum, success_radius: float, success_bonus: float,
-                 posture_weight: float, distance_scale: float, progress_weight: float,
-                 posture_free_tilt: float = 0.0):
+                 posture_weight: float, distance_scale: float, progress_weight: float, posture_free_tilt: float):
         if success_radius <= 0:
             raise base.TaskConfigError(f"task_kwargs.success_radius must be > 0 metres, got {success_radius}.")
         if progress_weight < 0:
